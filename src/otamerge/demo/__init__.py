@@ -1,0 +1,1 @@
+"""The embedded demo: tiny real Llama experts trained on synthetic capabilities."""

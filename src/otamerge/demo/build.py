@@ -1,0 +1,75 @@
+"""Build the demo's base and expert folders in Hugging Face layout.
+
+    base/                     config.json, model.safetensors, tokenizer files, training.json
+    experts/<task>/           the same, plus export/exp_avg_sq.safetensors
+
+Seeded and deterministic: the same seed and settings give byte-identical safetensors
+(on one machine and torch build; fp32 CPU kernels are run-to-run deterministic).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from otamerge.atomic import atomic_dir, write_json
+from otamerge.demo.model import make_config, new_model
+from otamerge.demo.tasks import TASKS, get_task
+from otamerge.demo.tokenizer import build_tokenizer
+from otamerge.demo.train import (
+    TrainSettings,
+    held_out_prompts,
+    mixture_sampler,
+    save_moments,
+    train,
+)
+
+
+def derived_seed(seed: int, *names: str) -> int:
+    """A stable per-stage seed, so each expert's stream does not depend on the others."""
+    return zlib.crc32("/".join([str(seed), *names]).encode())
+
+
+def _save(model, tokenizer, out: Path, record: dict) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    write_json(out / "training.json", record)
+
+
+def build_base(out_dir: str | Path, seed: int, settings: TrainSettings, arch: dict | None = None,
+               n_eval: int = 100, threads: int = 2) -> Path:
+    """Train the base on the restricted mixture of all tasks and save it to ``out_dir``."""
+    torch.set_num_threads(threads)
+    tokenizer = build_tokenizer()
+    model = new_model(make_config(tokenizer, arch), derived_seed(seed, "init"))
+    exclude = held_out_prompts(n_eval, seed)
+    sample = mixture_sampler(list(TASKS), restricted=True, exclude=exclude)
+    train(model, tokenizer, sample, settings, derived_seed(seed, "base"), desc="base")
+    with atomic_dir(out_dir) as tmp:
+        _save(model, tokenizer, tmp, {"role": "base", "seed": seed, "tasks": list(TASKS),
+                                      "restricted": True, "settings": asdict(settings)})
+    return Path(out_dir)
+
+
+def build_expert(base_dir: str | Path, out_dir: str | Path, task: str, seed: int,
+                 settings: TrainSettings, n_eval: int = 100, threads: int = 2) -> Path:
+    """Fine-tune the base on ``task`` (with replay of the base's data) and save the expert
+    together with its AdamW second moments."""
+    get_task(task)
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+    exclude = held_out_prompts(n_eval, seed)
+    sample = mixture_sampler([task], restricted=False, exclude=exclude)
+    replay = mixture_sampler(list(TASKS), restricted=True, exclude=exclude)
+    opt = train(model, tokenizer, sample, settings, derived_seed(seed, "expert", task),
+                replay=replay, desc=task)
+    with atomic_dir(out_dir) as tmp:
+        _save(model, tokenizer, tmp, {"role": "expert", "seed": seed, "task": task,
+                                      "settings": asdict(settings)})
+        save_moments(model, opt, tmp, settings)
+    return Path(out_dir)

@@ -1,0 +1,122 @@
+"""Training of the demo's base and experts with torch's AdamW, and their export.
+
+The base is trained on the restricted versions of every task; each expert is fine-tuned
+from it on one full task, with a share of each batch replaying the base's restricted data
+(without replay the experts forget everything else and every merge collapses). At the end
+an expert's AdamW second moments ``exp_avg_sq`` are exported keyed by parameter name, as
+the paper's experts ship them in ``export/exp_avg_sq.safetensors``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from otamerge.demo.model import make_batch, token_table
+from otamerge.demo.tasks import TASKS, Example, eval_set, train_sampler
+
+MOMENTS_FILE = "export/exp_avg_sq.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int
+    lr: float
+    batch_size: int = 64
+    warmup: int = 20
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    replay_fraction: float = 0.0
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def held_out_prompts(n_eval: int, seed: int) -> set[str]:
+    return {p for t in TASKS for p, _ in eval_set(t, n_eval, seed)}
+
+
+def mixture_sampler(tasks: list[str], restricted: bool, exclude: set[str]) -> Callable[[random.Random], Example]:
+    samplers = [train_sampler(t, restricted, exclude) for t in tasks]
+    return lambda rng: rng.choice(samplers)(rng)
+
+
+def train(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    sample: Callable[[random.Random], Example],
+    settings: TrainSettings,
+    seed: int,
+    replay: Callable[[random.Random], Example] | None = None,
+    desc: str = "train",
+) -> torch.optim.AdamW:
+    """Train in place with AdamW; returns the optimizer, whose state holds the moments."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    table = token_table(tokenizer)
+    special = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, settings.warmup, settings.steps)
+    )
+    n_replay = round(settings.batch_size * settings.replay_fraction) if replay else 0
+    model.train()
+    bar = tqdm(range(settings.steps), desc=desc, mininterval=2.0)
+    for _ in bar:
+        batch = [sample(rng) for _ in range(settings.batch_size - n_replay)]
+        batch += [replay(rng) for _ in range(n_replay)] if replay else []
+        ids, labels = make_batch(batch, table, *special)
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    return opt
+
+
+def exp_avg_sq_by_name(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's second moments keyed by the model's parameter names."""
+    out = {}
+    for name, p in model.named_parameters():
+        state = opt.state.get(p)
+        if state is None or "exp_avg_sq" not in state:
+            raise RuntimeError(f"parameter {name} has no exp_avg_sq: was it trained?")
+        out[name] = state["exp_avg_sq"].detach().to(torch.float32).contiguous().clone()
+    return out
+
+
+def save_moments(model: torch.nn.Module, opt: torch.optim.AdamW, out_dir: Path, settings: TrainSettings) -> None:
+    """Write ``export/exp_avg_sq.safetensors`` with the step count and betas as metadata:
+    raw moments carry Adam's bias factor 1 - beta2^t, so the step count is needed to
+    correct them later."""
+    moments = exp_avg_sq_by_name(model, opt)
+    step = int(next(iter(opt.state.values()))["step"])
+    meta = {
+        "step": str(step),
+        "beta1": repr(settings.betas[0]),
+        "beta2": repr(settings.betas[1]),
+        "lr": repr(settings.lr),
+        "source": "torch.optim.AdamW",
+    }
+    path = out_dir / MOMENTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(moments, str(path), metadata=meta)

@@ -1,0 +1,1 @@
+"""Evaluation backends; every backend writes the same tidy score rows."""

@@ -1,0 +1,116 @@
+"""The built-in evaluator of the demo: exact match under greedy decoding, per task.
+
+Definition of exact match (shared with the other backends' demo tasks): the text the
+model generates after ``BOS + prompt``, greedily, up to the first EOS and within
+``max_answer_len + 1`` new tokens, must equal the answer exactly. Next to it a graded
+score, ``token_accuracy``: the fraction of answer tokens (and the closing EOS) that the
+model predicts correctly under teacher forcing; it separates models that exact match
+rates the same.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from otamerge.demo.model import make_batch, token_table
+from otamerge.demo.tasks import Example, eval_set, get_task
+from otamerge.errors import OtaMergeError
+
+Generate = Callable[[Sequence[str], int], list[str]]
+
+BACKEND = "builtin"
+
+
+def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
+    if len(predictions) != len(answers) or not answers:
+        raise ValueError("exact_match needs as many predictions as answers, at least one")
+    return sum(p == a for p, a in zip(predictions, answers)) / len(answers)
+
+
+def score_task(generate: Generate, examples: Sequence[Example], max_new_tokens: int) -> float:
+    """Exact-match accuracy of ``generate`` on ``examples``."""
+    prompts = [p for p, _ in examples]
+    return exact_match(generate(prompts, max_new_tokens), [a for _, a in examples])
+
+
+@torch.no_grad()
+def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy continuations of ``prompts``, cut at the first EOS.
+
+    Prompts of one length are decoded as one batch, so no padding (and no attention
+    mask) is ever needed: the result is the same as decoding each prompt alone.
+    """
+    table = token_table(tokenizer)
+    inverse = {v: k for k, v in table.items()}
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        by_len[len(p)].append(i)
+    out: list[str] = [""] * len(prompts)
+    for idx in by_len.values():
+        ids = torch.tensor([[bos] + [table[c] for c in prompts[i]] for i in idx])
+        done = torch.zeros(len(idx), dtype=torch.bool)
+        gen = []
+        for _ in range(max_new_tokens):
+            nxt = model(input_ids=ids).logits[:, -1].argmax(-1)
+            gen.append(nxt)
+            done |= nxt == eos
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            if bool(done.all()):
+                break
+        rows = torch.stack(gen, dim=1).tolist()
+        for i, row in zip(idx, rows):
+            row = row[: row.index(eos)] if eos in row else row
+            out[i] = "".join(inverse.get(t, "\ufffd") for t in row)
+    return out
+
+
+@torch.no_grad()
+def token_accuracy(model: torch.nn.Module, tokenizer, examples: Sequence[Example]) -> float:
+    """Fraction of answer tokens (and EOS) predicted correctly under teacher forcing."""
+    ids, labels = make_batch(
+        examples, token_table(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
+    pred = model(input_ids=ids).logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    mask = target != -100
+    return float(((pred == target) & mask).sum() / mask.sum())
+
+
+def load_model(model_dir: str | Path):
+    """Model (fp32, eval mode) and tokenizer of a Hugging Face folder, offline."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise OtaMergeError(f"{model_dir}: not a model folder (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def evaluate(
+    model: torch.nn.Module, tokenizer, tasks: Sequence[str], n: int, seed: int, name: str
+) -> list[dict]:
+    """Tidy score rows (model, task, metric, score, n, backend) for each task."""
+    rows = []
+    for task in tasks:
+        examples = eval_set(task, n, seed)
+        max_new = get_task(task).max_answer_len + 1
+
+        def generate(prompts: Sequence[str], k: int) -> list[str]:
+            return greedy_generate(model, tokenizer, prompts, k)
+
+        scores = {
+            "exact_match": score_task(generate, examples, max_new),
+            "token_accuracy": token_accuracy(model, tokenizer, examples),
+        }
+        rows += [
+            {"model": name, "task": task, "metric": m, "score": s, "n": len(examples), "backend": BACKEND}
+            for m, s in scores.items()
+        ]
+    return rows

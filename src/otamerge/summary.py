@@ -1,0 +1,52 @@
+"""Summary of evaluation results: a tidy score table and per-metric model x task matrices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from otamerge.atomic import atomic_file, write_json
+
+COLUMNS = ["model", "task", "metric", "score", "n", "backend"]
+
+
+def load_scores(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """All score rows of the given JSON files as one tidy table."""
+    rows = []
+    for path in paths:
+        with open(path) as fh:
+            rows += json.load(fh)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def matrix(scores: pd.DataFrame, metric: str, tasks: Sequence[str], backend: str | None = None) -> pd.DataFrame:
+    """Rows: models in order of appearance; columns: tasks, then their average."""
+    sel = scores[scores.metric == metric]
+    if backend is not None:
+        sel = sel[sel.backend == backend]
+    models = list(dict.fromkeys(sel.model))
+    m = sel.pivot_table(index="model", columns="task", values="score").reindex(index=models, columns=list(tasks))
+    m["average"] = m.mean(axis=1)
+    return m
+
+
+def write_summary(inputs: Iterable[str | Path], tasks: Sequence[str], scores: str | Path,
+                  table: str | Path, matrix_json: str | Path) -> pd.DataFrame:
+    """Write the tidy CSV, a Markdown table per backend and metric, and their JSON."""
+    df = load_scores(inputs)
+    with atomic_file(scores) as fh:
+        df.to_csv(fh, index=False, float_format="%.6g")
+    md, js = [], {}
+    for backend in dict.fromkeys(df.backend):
+        for metric in dict.fromkeys(df[df.backend == backend].metric):
+            m = matrix(df, metric, tasks, backend)
+            md += [f"## {metric} ({backend})", "", m.to_markdown(floatfmt=".3f"), ""]
+            js.setdefault(backend, {})[metric] = json.loads(m.to_json(orient="index"))
+    with atomic_file(table) as fh:
+        fh.write("\n".join(md))
+    write_json(matrix_json, js)
+    print("\n".join(md))
+    return df

@@ -1,0 +1,21 @@
+rule evaluate_builtin:
+    input:
+        model_dir,
+    output:
+        "results/evaluation/builtin/{model}.json",
+    log:
+        "logs/evaluate_builtin/{model}.log",
+    benchmark:
+        "results/benchmarks/evaluate_builtin/{model}.tsv"
+    params:
+        tasks=config["evaluation"]["tasks"],
+        n=config["demo"]["n_eval"],
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/evaluate_builtin.py"

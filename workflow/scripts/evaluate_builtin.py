@@ -1,0 +1,9 @@
+from otamerge.atomic import write_json
+from otamerge.evaluation.builtin import evaluate, load_model
+from otamerge.logs import to_file
+
+with to_file(snakemake.log[0]):
+    model, tokenizer = load_model(snakemake.input[0])
+    p = snakemake.params
+    rows = evaluate(model, tokenizer, p.tasks, p.n, p.seed, snakemake.wildcards.model)
+    write_json(snakemake.output[0], rows)

@@ -1,0 +1,7 @@
+from otamerge.logs import to_file
+from otamerge.summary import write_summary
+
+with to_file(snakemake.log[0]):
+    out = snakemake.output
+    write_summary(snakemake.input, snakemake.params.tasks, scores=out.scores, table=out.table,
+                  matrix_json=out.matrix)
