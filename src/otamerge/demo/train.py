@@ -9,6 +9,7 @@ the paper's experts ship them in ``export/exp_avg_sq.safetensors``.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from otamerge.demo.model import make_batch, token_table
 from otamerge.demo.tasks import TASKS, Example, eval_set, train_sampler
 
 MOMENTS_FILE = "export/exp_avg_sq.safetensors"
+OPTIMIZER_KEY = "optimizer_state"  # safetensors metadata key: step count, betas, lr
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,9 @@ def save_moments(model: torch.nn.Module, opt: torch.optim.AdamW, out_dir: Path, 
     correct them later."""
     moments = exp_avg_sq_by_name(model, opt)
     step = int(next(iter(opt.state.values()))["step"])
-    meta = {
-        "step": str(step),
-        "beta1": repr(settings.betas[0]),
-        "beta2": repr(settings.betas[1]),
-        "lr": repr(settings.lr),
-        "source": "torch.optim.AdamW",
-    }
+    state = {"step": step, "betas": list(settings.betas), "lr": settings.lr, "optimizer": "torch.optim.AdamW"}
     path = out_dir / MOMENTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(moments, str(path), metadata=meta)
+    # One metadata key only: safetensors keeps metadata in a hash map, so the order of
+    # several keys in the header (and so the file's bytes) varies from run to run.
+    save_file(moments, str(path), metadata={OPTIMIZER_KEY: json.dumps(state, sort_keys=True)})

@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv/ first (python3 -m venv) and install the project into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+# CPU machines take the CPU wheel of torch 2.13.0; on a GPU cluster override TORCH_SPEC
+# (see README, "GPU clusters").
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/snakemake --profile profiles/local -j1
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results logs .snakemake resources/demo

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from otamerge.demo.build import build_base, build_expert
+from otamerge.demo.settings import expert_config, train_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Never reach a hub from the tests.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def default_config() -> dict:
+    with open(REPO / "config" / "config.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def tiny_config() -> dict:
+    """The demo config shrunk to seconds: same code paths, far fewer steps."""
+    cfg = copy.deepcopy(default_config())
+    demo = cfg["demo"]
+    demo["n_eval"] = 20
+    demo["arch"].update(hidden_size=32, intermediate_size=64, num_heads=2)
+    demo["base"].update(steps=8, warmup=2, batch_size=16)
+    demo["expert_defaults"].update(steps=4, warmup=1, batch_size=16)
+    demo["experts"] = {"add": {"task": "add"}, "rev": {"task": "reverse", "steps": 6}}
+    return cfg
+
+
+def build_tiny(out: Path, cfg: dict) -> Path:
+    demo = cfg["demo"]
+    common = {"seed": cfg["seed"], "n_eval": demo["n_eval"], "threads": 1}
+    build_base(out / "base", settings=train_settings(demo["base"]), arch=demo["arch"], **common)
+    for name, spec in demo["experts"].items():
+        build_expert(out / "base", out / "experts" / name, spec["task"],
+                     settings=train_settings(expert_config(demo, name)), **common)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("demo"), tiny_config())
