@@ -43,6 +43,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print()
 
 
+def _cmd_merge(args: argparse.Namespace) -> None:
+    from otamerge.merge import MergeOptions, merge_file
+
+    opts = MergeOptions(device=args.device, chunk_bytes=int(args.chunk_mb * (1 << 20)),
+                        out_shard_bytes=int(args.out_shard_size * (1 << 30)), seed=args.seed,
+                        progress=not args.quiet)
+    out = merge_file(args.config, args.out_dir, opts)
+    print(f"merged model written to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otamerge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -52,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default="config/config.yaml", help="workflow config with a demo section")
     d.add_argument("--seed", type=int, default=None, help="override the config's seed")
     d.set_defaults(func=_cmd_demo_build)
+
+    m = sub.add_parser("merge", help="merge models per a mergekit-style YAML config")
+    m.add_argument("config", help="merge config (merge_method, base_model, models, parameters, dtype, ...)")
+    m.add_argument("out_dir", help="output model folder (written atomically)")
+    m.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    m.add_argument("--chunk-mb", type=float, default=256, help="row chunk size per input, MiB of fp32")
+    m.add_argument("--out-shard-size", type=float, default=5, help="output shard size, GiB")
+    m.add_argument("--seed", type=int, default=0, help="seed of random masks (DARE)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=_cmd_merge)
 
     e = sub.add_parser("evaluate", help="score a model folder on the demo tasks (built-in backend)")
     e.add_argument("model_dir")

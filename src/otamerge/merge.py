@@ -1,0 +1,191 @@
+"""Merge execution: config -> plan -> tensor by tensor (row chunks) -> sharded writer.
+
+Everything that can be checked from headers (files, tensor names, shapes, moments) is
+checked before the output folder is created; values (NaN/Inf/negative moments) are
+checked as they are read, and any error removes the temporary output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from otamerge.atomic import atomic_dir
+from otamerge.checkpoint import Checkpoint
+from otamerge.config import MergeConfig
+from otamerge.errors import OtaMergeError
+from otamerge.methods.base import TensorInputs
+from otamerge.resolve import resolve_model, resolve_preconditioner
+from otamerge.tokenizers import copy_tokenizer, tokenizer_dir
+from otamerge.writer import ShardedWriter, TensorPlan
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    device: str = "auto"                 # auto | cpu | cuda[:N]
+    chunk_bytes: int = 256 * MiB         # fp32 bytes of one input's row chunk
+    out_shard_bytes: int = 5 * (1 << 30)
+    seed: int = 0                        # random masks (DARE)
+    progress: bool = True
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OtaMergeError(f"device {device} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def moment_key(moments: Checkpoint, name: str) -> str:
+    """Moments are keyed by the parameter name, or NAME.exp_avg_sq."""
+    for key in (name, f"{name}.exp_avg_sq"):
+        if key in moments:
+            return key
+    raise OtaMergeError(f"{moments.label}: tensor {name} missing from moments file {moments.path}")
+
+
+def row_ranges(shape: tuple[int, ...], chunk_bytes: int) -> list[tuple[int, int]] | None:
+    """Row ranges of at most ``chunk_bytes`` fp32 bytes; None for a 0-D tensor."""
+    if not shape:
+        return None
+    row = 4
+    for d in shape[1:]:
+        row *= d
+    step = max(1, chunk_bytes // max(1, row))
+    return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+def check_moments(v: torch.Tensor, moments: Checkpoint, key: str) -> None:
+    if not bool(torch.isfinite(v).all()):
+        raise OtaMergeError(f"{moments.label}: moments tensor {key} in {moments.file_of(key)} has NaN or Inf values")
+    if bool((v < 0).any()):
+        raise OtaMergeError(f"{moments.label}: moments tensor {key} in {moments.file_of(key)} has negative values")
+
+
+@dataclass
+class Plan:
+    names: list[str]
+    reference: Checkpoint
+    base: Checkpoint | None
+    models: list[Checkpoint]
+    moments: list[Checkpoint | None]
+    out: list[TensorPlan]
+
+
+def make_plan(cfg: MergeConfig) -> Plan:
+    """Open every input lazily and check names and shapes from the headers."""
+    base = Checkpoint(resolve_model(cfg.base), f"base model {cfg.base}") if cfg.base else None
+    models, moments = [], []
+    for spec in cfg.models:
+        folder = resolve_model(spec.ref)
+        models.append(Checkpoint(folder, f"model {spec.ref}"))
+        if cfg.method.moments:
+            path = resolve_preconditioner(spec.params["preconditioner_path"], folder, spec.ref)
+            moments.append(Checkpoint(path, f"moments of model {spec.ref}"))
+        else:
+            moments.append(None)
+    reference = base or models[0]
+    names = reference.names()
+    for ckpt, mom in zip(models, moments):
+        for name in names:
+            if name not in ckpt:
+                raise OtaMergeError(f"{ckpt.label}: tensor {name} missing (present in {reference.label})")
+            if ckpt.shape(name) != reference.shape(name):
+                raise OtaMergeError(f"{ckpt.label}: tensor {name} in {ckpt.file_of(name)} has shape "
+                                    f"{list(ckpt.shape(name))}, {reference.label} has {list(reference.shape(name))}")
+            if mom is not None and reference.dtype(name).is_floating_point:
+                key = moment_key(mom, name)
+                if mom.shape(key) != reference.shape(name):
+                    raise OtaMergeError(f"{mom.label}: moments tensor {key} in {mom.file_of(key)} has shape "
+                                        f"{list(mom.shape(key))}, the weights have {list(reference.shape(name))}")
+    out = []
+    for name in names:
+        dt = reference.dtype(name)
+        if dt.is_floating_point:
+            dt = cfg.out_dtype or cfg.dtype or dt
+        out.append(TensorPlan(name, reference.shape(name), dt))
+    return Plan(names, reference, base, models, moments, out)
+
+
+def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.device,
+                  opts: MergeOptions, writer: ShardedWriter) -> None:
+    name = tp.name
+    if not plan.reference.dtype(name).is_floating_point:  # integer buffers: copied as they are
+        writer.write(name, plan.reference.get(name))
+        return
+    dtypes = [c.dtype(name) for c in [*plan.models, *([plan.base] if plan.base else [])]]
+    compute = torch.float64 if torch.float64 in dtypes else torch.float32
+    whole = cfg.method.whole_tensor(cfg.params, [m.params for m in cfg.models])
+    ranges = None if whole else row_ranges(tp.shape, opts.chunk_bytes)
+    for rows in ranges or [None]:
+        def load(ckpt: Checkpoint, key: str) -> torch.Tensor:
+            return ckpt.get(key, rows).to(device=device, dtype=compute)
+
+        moments = []
+        for mom in plan.moments:
+            if mom is None:
+                moments.append(None)
+                continue
+            key = moment_key(mom, name)
+            v = mom.get(key, rows).to(device=device, dtype=compute)
+            check_moments(v, mom, key)
+            moments.append(v)
+        inputs = TensorInputs(
+            name=name,
+            base=load(plan.base, name) if plan.base else None,
+            models=[load(c, name) for c in plan.models],
+            moments=moments,
+            model_params=[m.params for m in cfg.models],
+            params=cfg.params,
+            seed=opts.seed,
+        )
+        writer.write(name, cfg.method.merge(inputs).to(tp.dtype))
+
+
+def _write_config(src: Path, out: Path, dtype: torch.dtype | None) -> None:
+    cfg_file = src / "config.json"
+    if not cfg_file.is_file():
+        return
+    config = json.loads(cfg_file.read_text())
+    if dtype is not None:
+        name = str(dtype).removeprefix("torch.")
+        for key in ("torch_dtype", "dtype"):
+            if key in config or key == "dtype":
+                config[key] = name
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    gen = src / "generation_config.json"
+    if gen.is_file():
+        shutil.copyfile(gen, out / "generation_config.json")
+
+
+def run_merge(cfg: MergeConfig, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
+    """Merge per ``cfg`` into ``out_dir`` (written atomically); returns ``out_dir``."""
+    device = pick_device(opts.device)
+    plan = make_plan(cfg)
+    tok_src = tokenizer_dir(cfg, plan)
+    with atomic_dir(out_dir) as tmp:
+        writer = ShardedWriter(tmp, plan.out, opts.out_shard_bytes)
+        for tp in tqdm(plan.out, desc=f"merge ({cfg.method.name})", unit="tensor", disable=not opts.progress):
+            _merge_tensor(cfg, plan, tp, device, opts, writer)
+        writer.close()
+        _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
+        if tok_src is not None:
+            copy_tokenizer(tok_src, tmp)
+        (tmp / "merge_config.yml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+    return Path(out_dir)
+
+
+def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
+    from otamerge.config import load_config
+
+    return run_merge(load_config(config_path), out_dir, opts)
+

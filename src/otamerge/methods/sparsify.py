@@ -1,0 +1,88 @@
+"""Per-tensor sparsification of task vectors: top-k by magnitude, breadcrumbs, DARE.
+
+Selection is exact in count, with a documented tie rule: among equal magnitudes the
+element with the lower flat index ranks first (top-k keeps lower indices first; the
+breadcrumbs window, ranked ascending, also orders ties by lower index first). mergekit
+uses an unstable argsort there, so on exact ties its choice is unspecified.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _fill_ties(mask: torch.Tensor, values: torch.Tensor, thr: torch.Tensor, need: int) -> torch.Tensor:
+    if need > 0:
+        idx = torch.nonzero(values == thr).flatten()[:need]
+        mask[idx] = True
+    return mask
+
+
+def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask (flat) of the k largest values, ties to lower indices first."""
+    v = values.reshape(-1)
+    n = v.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=v.device)
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=v.device)
+    thr = torch.kthvalue(v.cpu() if v.device.type == "mps" else v, n - k + 1).values
+    mask = v > thr
+    return _fill_ties(mask, v, thr, k - int(mask.sum()))
+
+
+def bottom_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask (flat) of the k smallest values, ties to lower indices first."""
+    v = values.reshape(-1)
+    n = v.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=v.device)
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=v.device)
+    thr = torch.kthvalue(v, k).values
+    mask = v < thr
+    return _fill_ties(mask, v, thr, k - int(mask.sum()))
+
+
+def rescale_l1(original: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Scale ``masked`` to the L1 norm of ``original`` (mergekit's `rescale`)."""
+    before, after = original.abs().sum(), masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)
+
+
+def _apply(delta: torch.Tensor, flat_mask: torch.Tensor, rescale: bool) -> torch.Tensor:
+    masked = delta * flat_mask.reshape(delta.shape).to(delta.dtype)
+    return rescale_l1(delta, masked) if rescale else masked
+
+
+def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
+    """Keep the top ``density`` fraction of entries by |delta| (at least one)."""
+    if density >= 1:
+        return delta
+    k = max(1, int(density * delta.numel()))
+    return _apply(delta, top_k_mask(delta.abs(), k), rescale)
+
+
+def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False) -> torch.Tensor:
+    """Drop the top ``gamma`` fraction by |delta| and the smallest entries, keeping
+    ``density``; the outlier cut shrinks when needed to keep the target count."""
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    keep = int(density * n)
+    n_bot = max(0, n - keep - int(gamma * n))
+    w = delta.abs()
+    window = bottom_k_mask(w, n_bot + keep) & ~bottom_k_mask(w, n_bot)
+    return _apply(delta, window, rescale)
+
+
+def dare(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True) -> torch.Tensor:
+    """Drop entries at random with keep probability ``density`` (mask drawn on the CPU
+    from a seeded generator, so the result does not depend on the device)."""
+    if density >= 1:
+        return delta
+    probs = torch.full(delta.shape, density, dtype=torch.float32)
+    mask = torch.bernoulli(probs, generator=generator).to(delta.device, torch.bool)
+    return _apply(delta, mask.reshape(-1), rescale)

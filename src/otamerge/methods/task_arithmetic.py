@@ -1,0 +1,107 @@
+"""The task-arithmetic family, defined as mergekit 0.1.5 defines it.
+
+task vector t_i = w_i - w_0; optional per-tensor sparsification of each t_i (magnitude
+top-k for TIES, random drop for DARE, outlier-and-bottom cut for breadcrumbs); optional
+sign consensus (TIES: the sign of the weighted sum); then
+    merged = w_0 + lambda * sum_i weight_i t_i / divisor
+with divisor = sum of the weights (of the agreeing models, under consensus) when
+``normalize`` is on. A user's mergekit YAML gives the same numbers at fp32.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+
+from otamerge.methods import sparsify
+from otamerge.methods.base import MergeMethod, Param, TensorInputs
+
+
+def model_generator(seed: int, tensor: str, model_index: int) -> torch.Generator:
+    """A CPU generator per (seed, tensor, model): random masks do not depend on the order
+    in which tensors are processed, on chunking, or on the device."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{tensor}/{model_index}".encode()))
+
+
+def sign_consensus(weighted: torch.Tensor) -> torch.Tensor:
+    """Mask of entries whose sign agrees with the sign of the sum (>= 0 counts as +);
+    zero entries never agree (so they do not count in the divisor)."""
+    majority = (weighted.sum(dim=0) >= 0).to(weighted.dtype) * 2 - 1
+    return weighted.sign() == majority
+
+
+def _sparsified(kind: str | None, inputs: TensorInputs, i: int, delta: torch.Tensor) -> torch.Tensor:
+    p = inputs.model_params[i]
+    rescale = bool(inputs.params["rescale"])
+    if kind == "magnitude":
+        return sparsify.magnitude(delta, p["density"], rescale)
+    if kind == "random":
+        gen = model_generator(inputs.seed, inputs.name, i)
+        return sparsify.dare(delta, p["density"], gen, rescale)
+    if kind == "breadcrumbs":
+        return sparsify.breadcrumbs(delta, p["density"], p["gamma"], rescale)
+    return delta
+
+
+def task_arithmetic_family(sparsification: str | None, consensus: bool):
+    def merge(inputs: TensorInputs) -> torch.Tensor:
+        base = inputs.base
+        deltas = torch.stack([_sparsified(sparsification, inputs, i, x - base)
+                              for i, x in enumerate(inputs.models)])
+        weights = torch.tensor([p["weight"] for p in inputs.model_params], dtype=deltas.dtype,
+                               device=deltas.device).reshape(-1, *([1] * base.dim()))
+        deltas.mul_(weights)
+        if consensus:
+            mask = sign_consensus(deltas).to(deltas.dtype)
+            mixed = (deltas * mask).sum(dim=0)
+            divisor = (weights * mask).sum(dim=0)
+            divisor[divisor == 0] = 1
+        else:
+            mixed = deltas.sum(dim=0)
+            divisor = weights.sum(dim=0).expand_as(mixed).clone()
+            divisor[divisor.abs() < 1e-8] = 1
+        if inputs.params["normalize"]:
+            mixed /= divisor
+        if inputs.params["lambda"] != 1:
+            mixed *= inputs.params["lambda"]
+        return base + mixed
+
+    return merge
+
+
+def _sparsifies(params: dict[str, Any], model_params: list[dict[str, Any]]) -> bool:
+    return any(p.get("density", 1.0) < 1 for p in model_params)
+
+
+_COMMON = (
+    Param("weight", per_model=True),
+    Param("density", 1.0, per_model=True),
+    Param("int8_mask", False, kind=bool),  # accepted for mergekit configs; masks are exact anyway
+    Param("lambda", 1.0),
+)
+
+
+def _method(name: str, sparsification: str | None, consensus: bool, normalize: bool, rescale: bool,
+            description: str, extra: tuple[Param, ...] = ()) -> MergeMethod:
+    return MergeMethod(
+        name=name,
+        params=_COMMON + (Param("normalize", normalize, kind=bool), Param("rescale", rescale, kind=bool)) + extra,
+        merge=task_arithmetic_family(sparsification, consensus),
+        whole_tensor=_sparsifies if sparsification else (lambda p, mp: False),
+        description=description,
+    )
+
+
+_GAMMA = (Param("gamma", 0.01, per_model=True),)
+
+METHODS = (
+    _method("task_arithmetic", None, False, False, False, "base + sum of weighted task vectors"),
+    _method("ties", "magnitude", True, True, False, "top-k by magnitude, sign election, disjoint mean"),
+    _method("dare_ties", "random", True, False, True, "random drop with L1 rescale, sign election"),
+    _method("dare_linear", "random", False, False, True, "random drop with L1 rescale"),
+    _method("breadcrumbs", "breadcrumbs", False, False, False, "drop outliers and small entries", _GAMMA),
+    _method("breadcrumbs_ties", "breadcrumbs", True, False, False,
+            "breadcrumbs then sign election", _GAMMA),
+)
