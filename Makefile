@@ -9,6 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
+# mergekit 0.1.5 in a venv of its own, only to compare our merges with it in the tests
+MERGEKIT_VENV ?= .venv-mergekit
+
 .PHONY: demo test lint clean
 
 $(VENV)/.installed: pyproject.toml
@@ -20,8 +23,13 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local -j1
 
-test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+$(MERGEKIT_VENV)/.installed:
+	$(PYTHON) -m venv $(MERGEKIT_VENV)
+	$(MERGEKIT_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC) mergekit==0.1.5
+	touch $@
+
+test: $(VENV)/.installed $(MERGEKIT_VENV)/.installed
+	MERGEKIT_YAML=$(abspath $(MERGEKIT_VENV))/bin/mergekit-yaml $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
 	$(BIN)/snakemake --lint

@@ -8,12 +8,13 @@ from otamerge.methods.base import MergeMethod, Param, TensorInputs
 
 
 def linear(inputs: TensorInputs) -> torch.Tensor:
-    weights = [p["weight"] for p in inputs.model_params]
-    acc = torch.zeros_like(inputs.models[0])
+    first = inputs.models[0]
+    weights = torch.tensor([p["weight"] for p in inputs.model_params], dtype=first.dtype, device=first.device)
+    acc = torch.zeros_like(first)
     for x, w in zip(inputs.models, weights):
-        acc.add_(x * w)
+        acc.addcmul_(x, w)  # one rounding per model, in the order the models are listed
     if inputs.params["normalize"]:
-        acc.div_(sum(torch.tensor(weights, dtype=acc.dtype).tolist()))
+        acc.div_(weights.sum())
     return acc
 
 
