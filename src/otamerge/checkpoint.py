@@ -1,16 +1,19 @@
 """Lazy reading of safetensors checkpoints: one file or shards with an index.
 
-Files are opened once; tensors (or row ranges of them) are read on demand through
-safetensors' slices, so no step holds more than the tensor or chunk it works on.
+Each file's header is parsed once; tensors, or row ranges of them, are read on demand
+with positioned reads (os.pread) into fresh buffers. Not through mmap, as the
+safetensors library does: mapped pages that were read stay in the process's resident
+set until the file is closed, so a merge's RSS would grow with the model instead of
+staying bounded by the chunk.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from otamerge.errors import OtaMergeError
 
@@ -28,7 +31,7 @@ class Checkpoint:
         self.path = Path(path)
         self.label = label or str(path)
         self._files = _tensor_files(self.path, self.label)
-        self._handles: dict[Path, object] = {}
+        self._handles: dict[Path, _Shard] = {}
         if self._files:
             keys = {f: set(self._open(f).keys()) for f in dict.fromkeys(self._files.values())}
             for name, f in self._files.items():
@@ -39,14 +42,11 @@ class Checkpoint:
             f = self.path if self.path.is_file() else self.path / SINGLE_FILE
             self._where = {n: f for n in self._open(f).keys()}
 
-    def _open(self, f: Path):
+    def _open(self, f: Path) -> "_Shard":
         if f not in self._handles:
             if not f.is_file():
                 raise OtaMergeError(f"{self.label}: file {f} is missing")
-            try:
-                self._handles[f] = safe_open(str(f), framework="pt")
-            except Exception as exc:  # safetensors raises its own error types
-                raise OtaMergeError(f"{self.label}: {f} is not a valid safetensors file ({exc})") from None
+            self._handles[f] = _Shard(f, self.label)
         return self._handles[f]
 
     def names(self) -> list[str]:
@@ -60,29 +60,23 @@ class Checkpoint:
             raise OtaMergeError(f"{self.label}: tensor {name} not found in {self.path}")
         return self._where[name]
 
-    def _slice(self, name: str):
-        return self._open(self.file_of(name)).get_slice(name)
-
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._slice(name).get_shape())
+        return self._open(self.file_of(name)).tensors[name][1]
 
     def dtype(self, name: str) -> torch.dtype:
-        return _DTYPES[self._slice(name).get_dtype()]
+        return self._open(self.file_of(name)).tensors[name][0]
 
     def metadata(self, name: str) -> dict[str, str]:
-        return self._open(self.file_of(name)).metadata() or {}
+        return self._open(self.file_of(name)).metadata
 
     def get(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The tensor, or rows ``start:stop`` of its first dimension."""
-        try:
-            if rows is None:
-                return self._open(self.file_of(name)).get_tensor(name)
-            sl = self._slice(name)
-            return sl[rows[0] : rows[1]] if len(sl.get_shape()) else sl[:]
-        except OtaMergeError:
-            raise
-        except Exception as exc:
-            raise OtaMergeError(f"{self.label}: cannot read tensor {name} from {self.file_of(name)} ({exc})") from None
+        return self._open(self.file_of(name)).read(name, rows)
+
+    def close(self) -> None:
+        for shard in self._handles.values():
+            shard.close()
+        self._handles.clear()
 
 
 _DTYPES = {
@@ -90,6 +84,64 @@ _DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
 }
+
+
+class _Shard:
+    """One safetensors file: its parsed header and an open descriptor for positioned reads."""
+
+    def __init__(self, path: Path, label: str):
+        self.path, self.label = path, label
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(self.fd).st_size
+            head = os.pread(self.fd, 8, 0)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(os.pread(self.fd, n, 8))
+            self.metadata = header.pop("__metadata__", None) or {}
+            self.data_start = 8 + n
+            self.tensors: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+            end = 0
+            for name, info in header.items():
+                dtype = _DTYPES[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+                a, b = (int(x) for x in info["data_offsets"])
+                numel = 1
+                for d in shape:
+                    numel *= d
+                if a < 0 or b - a != numel * dtype.itemsize:
+                    raise ValueError(f"tensor {name}: offsets {a}..{b} do not fit its dtype and shape")
+                self.tensors[name] = (dtype, shape, a, b)
+                end = max(end, b)
+            if self.data_start + end > size:
+                raise ValueError(f"file is truncated ({size} bytes, the header needs {self.data_start + end})")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            os.close(self.fd)
+            raise OtaMergeError(f"{label}: {path} is not a valid safetensors file ({exc})") from None
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def read(self, name: str, rows: tuple[int, int] | None) -> torch.Tensor:
+        dtype, shape, a, b = self.tensors[name]
+        if rows is not None and shape:
+            row_bytes = (b - a) // shape[0] if shape[0] else 0
+            a, b = a + rows[0] * row_bytes, a + rows[1] * row_bytes
+            shape = (rows[1] - rows[0], *shape[1:])
+        buf = bytearray(b - a)
+        view, got = memoryview(buf), 0
+        while got < len(buf):  # pread may return fewer bytes than asked
+            chunk = os.preadv(self.fd, [view[got:]], self.data_start + a + got)
+            if chunk <= 0:
+                raise OtaMergeError(f"{self.label}: {self.path} ended while reading tensor {name}")
+            got += chunk
+        if not buf:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _tensor_files(path: Path, label: str) -> dict[str, Path]:

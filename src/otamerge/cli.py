@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("config", help="merge config (merge_method, base_model, models, parameters, dtype, ...)")
     m.add_argument("out_dir", help="output model folder (written atomically)")
     m.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-    m.add_argument("--chunk-mb", type=float, default=256, help="row chunk size per input, MiB of fp32")
+    m.add_argument("--chunk-mb", type=float, default=4, help="row chunk size per input, MiB of fp32 (bounds memory)")
     m.add_argument("--out-shard-size", type=float, default=5, help="output shard size, GiB")
     m.add_argument("--seed", type=int, default=0, help="seed of random masks (DARE)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -31,7 +31,7 @@ MiB = 1 << 20
 @dataclass(frozen=True)
 class MergeOptions:
     device: str = "auto"                 # auto | cpu | cuda[:N]
-    chunk_bytes: int = 256 * MiB         # fp32 bytes of one input's row chunk
+    chunk_bytes: int = 4 * MiB           # fp32 bytes of one input row chunk (bounds memory)
     out_shard_bytes: int = 5 * (1 << 30)
     seed: int = 0                        # random masks (DARE)
     progress: bool = True
@@ -171,6 +171,15 @@ def run_merge(cfg: MergeConfig, out_dir: str | Path, opts: MergeOptions = MergeO
     """Merge per ``cfg`` into ``out_dir`` (written atomically); returns ``out_dir``."""
     device = pick_device(opts.device)
     plan = make_plan(cfg)
+    try:
+        _execute(cfg, plan, out_dir, device, opts)
+    finally:
+        for ckpt in {id(c): c for c in [plan.reference, *plan.models, *plan.moments] if c}.values():
+            ckpt.close()
+    return Path(out_dir)
+
+
+def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.device, opts: MergeOptions) -> None:
     tok_src = tokenizer_dir(cfg, plan)
     with atomic_dir(out_dir) as tmp:
         writer = ShardedWriter(tmp, plan.out, opts.out_shard_bytes)
@@ -181,7 +190,6 @@ def run_merge(cfg: MergeConfig, out_dir: str | Path, opts: MergeOptions = MergeO
         if tok_src is not None:
             copy_tokenizer(tok_src, tmp)
         (tmp / "merge_config.yml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
-    return Path(out_dir)
 
 
 def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
