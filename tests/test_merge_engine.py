@@ -203,3 +203,36 @@ tokenizer_source: union
     assert cfg.params["epsilon"] == 1e-26 and cfg.dtype == torch.bfloat16
     assert [m.params["precond_threshold"] for m in cfg.models] == [2.626e-19, None]
     assert [m.params["rank1_approx"] for m in cfg.models] == [False, True]
+
+
+def test_hub_style_preconditioner_paths_split_into_repo_and_file():
+    from otamerge.resolve import split_hub_path
+
+    assert split_hub_path("pmahdavi/Llama-3.1-8B-math-reasoning/export/exp_avg_sq.safetensors") == (
+        "pmahdavi/Llama-3.1-8B-math-reasoning", "export/exp_avg_sq.safetensors")
+    assert split_hub_path("owner/repo:export_full_state_checkpoint-1100/exp_avg_sq.safetensors") == (
+        "owner/repo", "export_full_state_checkpoint-1100/exp_avg_sq.safetensors")
+    assert split_hub_path("./local/dir/file.safetensors") is None
+    assert split_hub_path("file.safetensors") is None
+
+
+def test_tokenizer_source_names_a_model(fam, tmp_path):
+    other = tmp_path / "expert2_tok"
+    shutil.copytree(fam["expert2"], other)
+    (other / "tokenizer_config.json").write_text(
+        (other / "tokenizer_config.json").read_text().replace('"model_max_length": 64', '"model_max_length": 32'))
+    cfg = ota_cfg(fam)
+    cfg["models"][2] = {"model": str(other), "parameters": {"preconditioner_path": str(other / MOMENTS)}}
+    cfg["tokenizer_source"] = str(other)
+    out = run_merge(parse_config(cfg), tmp_path / "o", QUIET)
+    assert (out / "tokenizer_config.json").read_bytes() == (other / "tokenizer_config.json").read_bytes()
+    assert (out / "tokenizer_config.json").read_bytes() != (fam["base"] / "tokenizer_config.json").read_bytes()
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(fam, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from otamerge.errors import OtaMergeError
+
+    with pytest.raises(OtaMergeError, match="device cuda requested but CUDA is not available"):
+        run_merge(parse_config(ota_cfg(fam)), tmp_path / "o", MergeOptions(device="cuda", progress=False))

@@ -193,3 +193,14 @@ def test_single_expert_equals_the_graft_exactly():
                                dict(params, fallback_to_base=True)))
         graft = torch.where(moments[0] * (models[0] - base) ** 2 >= t, models[0], base)
         assert torch.equal(got, graft)
+
+
+def test_top_k_and_window_masks_count_exactly_with_ties_to_lower_indices():
+    from otamerge.methods.sparsify import bottom_k_mask, top_k_mask
+
+    v = torch.tensor([3.0, 1.0, 3.0, 2.0, 3.0, 0.0])
+    assert top_k_mask(v, 2).tolist() == [True, False, True, False, False, False]
+    assert top_k_mask(v, 4).tolist() == [True, False, True, True, True, False]
+    assert bottom_k_mask(v, 3).tolist() == [False, True, False, True, False, True]
+    assert bottom_k_mask(v, 4).tolist() == [True, True, False, True, False, True]
+    assert int(top_k_mask(torch.zeros(10), 3).sum()) == 3

@@ -20,15 +20,7 @@ def _fill_ties(mask: torch.Tensor, values: torch.Tensor, thr: torch.Tensor, need
 
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask (flat) of the k largest values, ties to lower indices first."""
-    v = values.reshape(-1)
-    n = v.numel()
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=v.device)
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=v.device)
-    thr = torch.kthvalue(v.cpu() if v.device.type == "mps" else v, n - k + 1).values
-    mask = v > thr
-    return _fill_ties(mask, v, thr, k - int(mask.sum()))
+    return bottom_k_mask(-values, k)
 
 
 def bottom_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
