@@ -66,9 +66,6 @@ class Checkpoint:
     def dtype(self, name: str) -> torch.dtype:
         return self._open(self.file_of(name)).tensors[name][0]
 
-    def metadata(self, name: str) -> dict[str, str]:
-        return self._open(self.file_of(name)).metadata
-
     def get(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The tensor, or rows ``start:stop`` of its first dimension."""
         return self._open(self.file_of(name)).read(name, rows)

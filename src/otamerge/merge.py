@@ -22,7 +22,7 @@ from otamerge.config import MergeConfig
 from otamerge.errors import OtaMergeError
 from otamerge.methods.base import TensorInputs
 from otamerge.resolve import resolve_model, resolve_preconditioner
-from otamerge.tokenizers import copy_tokenizer, tokenizer_dir
+from otamerge.tokenizer_source import copy_tokenizer, tokenizer_dir
 from otamerge.writer import ShardedWriter, TensorPlan
 
 MiB = 1 << 20

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -34,7 +34,6 @@ class TensorInputs:
     model_params: list[dict[str, Any]]
     params: dict[str, Any]
     seed: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

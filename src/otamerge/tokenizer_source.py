@@ -27,8 +27,9 @@ def _vocab_size(folder: Path) -> int | None:
     if not tj.is_file():
         return None
     data = json.loads(tj.read_text())
-    ids = list((data.get("model", {}).get("vocab") or {}).values()) if isinstance(
-        data.get("model", {}).get("vocab"), dict) else []
+    vocab = data.get("model", {}).get("vocab")
+    # BPE/WordLevel: token -> id; Unigram: a list whose positions are the ids
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))
     ids += [t["id"] for t in data.get("added_tokens", [])]
     return max(ids) + 1 if ids else None
 
