@@ -66,6 +66,10 @@ class Checkpoint:
     def dtype(self, name: str) -> torch.dtype:
         return self._open(self.file_of(name)).tensors[name][0]
 
+    def file_metadata(self) -> dict[str, str]:
+        """The ``__metadata__`` of the (first) file."""
+        return self._open(next(iter(self._where.values()))).metadata if self._where else {}
+
     def get(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The tensor, or rows ``start:stop`` of its first dimension."""
         return self._open(self.file_of(name)).read(name, rows)
@@ -157,3 +161,24 @@ def _tensor_files(path: Path, label: str) -> dict[str, Path]:
     if (path / SINGLE_FILE).is_file():
         return {}
     raise OtaMergeError(f"{label}: {path} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+def row_ranges(shape: tuple[int, ...], chunk_bytes: int) -> list[tuple[int, int]] | None:
+    """Row ranges of at most ``chunk_bytes`` fp32 bytes each; None for a 0-D tensor."""
+    if not shape:
+        return None
+    row = 4
+    for d in shape[1:]:
+        row *= d
+    step = max(1, chunk_bytes // max(1, row))
+    return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+def check_compatible(reference: Checkpoint, other: Checkpoint, names: list[str]) -> None:
+    """``other`` has every tensor of ``names`` with the reference's shape (headers only)."""
+    for name in names:
+        if name not in other:
+            raise OtaMergeError(f"{other.label}: tensor {name} missing (present in {reference.label})")
+        if other.shape(name) != reference.shape(name):
+            raise OtaMergeError(f"{other.label}: tensor {name} in {other.file_of(name)} has shape "
+                                f"{list(other.shape(name))}, {reference.label} has {list(reference.shape(name))}")

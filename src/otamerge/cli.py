@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -53,6 +54,79 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     print(f"merged model written to {out}")
 
 
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        if "=" not in v:
+            raise OtaMergeError(f"{what}: expected NAME=VALUE, got {v!r}")
+        k, val = v.split("=", 1)
+        out[k] = val
+    return out
+
+
+def _cmd_ffg(args: argparse.Namespace) -> None:
+    from otamerge.ffg import FfgOptions, ffg_sweep
+
+    opts = FfgOptions(chunk_bytes=int(args.chunk_mb * (1 << 20)),
+                      out_shard_bytes=int(args.out_shard_size * (1 << 30)), progress=not args.quiet)
+    out = ffg_sweep(args.base, args.expert, args.moments, args.density, args.metric, args.out_dir, opts)
+    for d, folder in out.items():
+        stats = json.loads((folder / "statistics.json").read_text())
+        print(f"density {d:g}: threshold {stats['threshold']:.6g}, kept {stats['kept']} of {stats['total']} "
+              f"({stats['achieved_density']:.6f}) -> {folder}")
+
+
+def _cmd_compress(args: argparse.Namespace) -> None:
+    from otamerge.atomic import write_json
+    from otamerge.moments import Moments, compress, optimizer_moments, parameter_names
+
+    src = Path(args.input)
+    with tempfile.TemporaryDirectory() as tmp:
+        if src.suffix in (".pt", ".pth", ".bin"):
+            if not args.model:
+                raise OtaMergeError(f"{src}: an optimizer state needs --model DIR to name its parameters")
+            from safetensors.torch import save_file
+
+            src = Path(tmp) / "exp_avg_sq.safetensors"  # named by the model's parameter order
+            save_file(optimizer_moments(args.input, parameter_names(args.model)), str(src))
+        mom = Moments(src, f"moments {args.input}")
+        names = sorted({k.removesuffix(".exp_avg_sq") for k in mom.ckpt.names()})
+        report = compress(mom, names, Path(args.output), rank=args.rank, progress=not args.quiet)
+        mom.close()
+    report["input"], report["output"] = str(args.input), str(args.output)
+    if args.report:
+        write_json(args.report, report)
+    print(f"rank-{args.rank} moments: {report['compressed_bytes']:,} bytes instead of {report['full_bytes']:,} "
+          f"({report['reduction']:.2%} smaller; 2-D tensors {report['reduction_2d']:.2%})")
+
+
+def _cmd_thresholds(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from otamerge.atomic import atomic_file
+    from otamerge.density_choice import choose_density, sweep_statistics, with_thresholds
+
+    sweeps = _pairs(args.expert, "--expert")
+    fixed = {k: float(v) for k, v in _pairs(args.density, "--density").items()}
+    scores: dict[str, dict[float, float]] = {}
+    if args.scores:
+        table = pd.read_csv(args.scores)
+        for row in table.itertuples():
+            scores.setdefault(str(row.expert), {})[float(row.density)] = float(row.score)
+    rows = [choose_density(ref, sweep_statistics(folder), fixed.get(ref), scores.get(ref), args.retention)
+            for ref, folder in sweeps.items()]
+    with open(args.template) as fh:
+        template = yaml.safe_load(fh)
+    cfg = with_thresholds(template, {r["expert"]: r["threshold"] for r in rows})
+    with atomic_file(args.out) as fh:
+        yaml.safe_dump(cfg, fh, sort_keys=False)
+    if args.table:
+        with atomic_file(args.table) as fh:
+            pd.DataFrame(rows).to_csv(fh, index=False)
+    for r in rows:
+        print(f"{r['expert']}: density {r['density']:g}, threshold {r['threshold']:.6g} ({r['reason']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otamerge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,6 +146,38 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0, help="seed of random masks (DARE)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_cmd_merge)
+
+    f = sub.add_parser("ffg", help="Fast Fisher Grafting of one expert at one or more densities")
+    f.add_argument("--base", required=True, help="base model folder")
+    f.add_argument("--expert", required=True, help="expert model folder")
+    f.add_argument("--moments", help="expert's exp_avg_sq file, full or compressed (fisher metric)")
+    f.add_argument("--density", type=float, nargs="+", required=True, help="fractions to keep, in (0, 1]")
+    f.add_argument("--metric", default="fisher", choices=["fisher", "magnitude"])
+    f.add_argument("--chunk-mb", type=float, default=4, help="row chunk size, MiB of fp32")
+    f.add_argument("--out-shard-size", type=float, default=5, help="output shard size, GiB")
+    f.add_argument("--quiet", action="store_true")
+    f.add_argument("out_dir", help="one model folder with statistics.json per density is written in it")
+    f.set_defaults(func=_cmd_ffg)
+
+    c = sub.add_parser("compress-moments", help="rank-1 (or rank-r) compression of exp_avg_sq")
+    c.add_argument("input", help="moments safetensors, or a torch optimizer state (.pt, with --model)")
+    c.add_argument("output", help="compressed safetensors file")
+    c.add_argument("--rank", type=int, default=1)
+    c.add_argument("--model", help="model folder whose parameter order numbers a .pt optimizer state")
+    c.add_argument("--report", help="write the storage report (JSON) here")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_cmd_compress)
+
+    t = sub.add_parser("thresholds", help="choose FFG densities and write their thresholds into a merge config")
+    t.add_argument("template", help="merge config whose models get precond_threshold")
+    t.add_argument("out", help="merge config to write")
+    t.add_argument("--expert", nargs="+", required=True, metavar="MODEL=SWEEP_DIR",
+                   help="a model of the template and the folder of its FFG sweep")
+    t.add_argument("--density", nargs="*", metavar="MODEL=D", help="fixed density per model")
+    t.add_argument("--scores", help="CSV with columns expert, density, score (own task) for automatic choice")
+    t.add_argument("--retention", type=float, default=0.95, help="fraction of the expert's score to keep")
+    t.add_argument("--table", help="CSV of the choices made and why")
+    t.set_defaults(func=_cmd_thresholds)
 
     e = sub.add_parser("evaluate", help="score a model folder on the demo tasks (built-in backend)")
     e.add_argument("model_dir")

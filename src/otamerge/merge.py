@@ -17,10 +17,11 @@ import yaml
 from tqdm import tqdm
 
 from otamerge.atomic import atomic_dir
-from otamerge.checkpoint import Checkpoint
+from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.config import MergeConfig
 from otamerge.errors import OtaMergeError
 from otamerge.methods.base import TensorInputs
+from otamerge.moments import Moments
 from otamerge.resolve import resolve_model, resolve_preconditioner
 from otamerge.tokenizer_source import copy_tokenizer, tokenizer_dir
 from otamerge.writer import ShardedWriter, TensorPlan
@@ -45,39 +46,13 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def moment_key(moments: Checkpoint, name: str) -> str:
-    """Moments are keyed by the parameter name, or NAME.exp_avg_sq."""
-    for key in (name, f"{name}.exp_avg_sq"):
-        if key in moments:
-            return key
-    raise OtaMergeError(f"{moments.label}: tensor {name} missing from moments file {moments.path}")
-
-
-def row_ranges(shape: tuple[int, ...], chunk_bytes: int) -> list[tuple[int, int]] | None:
-    """Row ranges of at most ``chunk_bytes`` fp32 bytes; None for a 0-D tensor."""
-    if not shape:
-        return None
-    row = 4
-    for d in shape[1:]:
-        row *= d
-    step = max(1, chunk_bytes // max(1, row))
-    return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
-
-
-def check_moments(v: torch.Tensor, moments: Checkpoint, key: str) -> None:
-    if not bool(torch.isfinite(v).all()):
-        raise OtaMergeError(f"{moments.label}: moments tensor {key} in {moments.file_of(key)} has NaN or Inf values")
-    if bool((v < 0).any()):
-        raise OtaMergeError(f"{moments.label}: moments tensor {key} in {moments.file_of(key)} has negative values")
-
-
 @dataclass
 class Plan:
     names: list[str]
     reference: Checkpoint
     base: Checkpoint | None
     models: list[Checkpoint]
-    moments: list[Checkpoint | None]
+    moments: list[Moments | None]
     out: list[TensorPlan]
 
 
@@ -90,23 +65,16 @@ def make_plan(cfg: MergeConfig) -> Plan:
         models.append(Checkpoint(folder, f"model {spec.ref}"))
         if cfg.method.moments:
             path = resolve_preconditioner(spec.params["preconditioner_path"], folder, spec.ref)
-            moments.append(Checkpoint(path, f"moments of model {spec.ref}"))
+            moments.append(Moments(path, f"moments of model {spec.ref}"))
         else:
             moments.append(None)
     reference = base or models[0]
     names = reference.names()
-    for ckpt, mom in zip(models, moments):
-        for name in names:
-            if name not in ckpt:
-                raise OtaMergeError(f"{ckpt.label}: tensor {name} missing (present in {reference.label})")
-            if ckpt.shape(name) != reference.shape(name):
-                raise OtaMergeError(f"{ckpt.label}: tensor {name} in {ckpt.file_of(name)} has shape "
-                                    f"{list(ckpt.shape(name))}, {reference.label} has {list(reference.shape(name))}")
-            if mom is not None and reference.dtype(name).is_floating_point:
-                key = moment_key(mom, name)
-                if mom.shape(key) != reference.shape(name):
-                    raise OtaMergeError(f"{mom.label}: moments tensor {key} in {mom.file_of(key)} has shape "
-                                        f"{list(mom.shape(key))}, the weights have {list(reference.shape(name))}")
+    for ckpt in models:
+        check_compatible(reference, ckpt, names)
+    for mom in moments:
+        if mom is not None:
+            mom.check_against(reference, names)
     out = []
     for name in names:
         dt = reference.dtype(name)
@@ -130,15 +98,8 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
         def load(ckpt: Checkpoint, key: str) -> torch.Tensor:
             return ckpt.get(key, rows).to(device=device, dtype=compute)
 
-        moments = []
-        for mom in plan.moments:
-            if mom is None:
-                moments.append(None)
-                continue
-            key = moment_key(mom, name)
-            v = mom.get(key, rows).to(device=device, dtype=compute)
-            check_moments(v, mom, key)
-            moments.append(v)
+        moments = [None if mom is None else mom.get(name, rows).to(device=device, dtype=compute)
+                   for mom in plan.moments]
         inputs = TensorInputs(
             name=name,
             base=load(plan.base, name) if plan.base else None,

@@ -1,8 +1,33 @@
-"""Second moments (Adam's exp_avg_sq): low-rank approximations used in place of v."""
+"""Second moments (Adam's exp_avg_sq): loading, validation, and low-rank compression.
+
+A moments file is safetensors keyed by parameter name (``NAME`` or ``NAME.exp_avg_sq``),
+or a compressed file written by ``otamerge compress-moments``:
+
+    rank 1:  NAME.rank1.row (m), NAME.rank1.col (n), NAME.rank1.total (scalar)
+             v_hat = row col^T / total                  (AdaFactor-style; O(m + n))
+    rank r:  NAME.rankr.us (m x r, U * S), NAME.rankr.vh (r x n)
+             v_hat = relu(us @ vh)                      (truncated SVD, clipped at 0)
+    1-D tensors are stored as they are, under NAME.
+
+Both expand lazily, one tensor or row chunk at a time. A torch optimizer state file
+(``.pt``) is read with ``torch.load(weights_only=True)`` and its integer parameter ids
+mapped to names in the model's parameter order.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Iterable
+
 import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from otamerge.checkpoint import Checkpoint
+from otamerge.errors import OtaMergeError
+
+META_KEY = "otamerge_moments"  # safetensors metadata of compressed files: kind, rank, source
 
 
 def rank1(v: torch.Tensor) -> torch.Tensor:
@@ -23,3 +48,142 @@ def rank_r(v: torch.Tensor, r: int) -> torch.Tensor:
         return v
     u, s, vh = torch.linalg.svd(v, full_matrices=False)
     return torch.relu((u[:, :r] * s[:r]) @ vh[:r])
+
+
+class Moments:
+    """Lazy, validated access to one model's moments, full or compressed.
+
+    ``get(name, rows)`` returns fp32 values of the moment of parameter ``name`` (rows
+    ``start:stop`` of it), expanded from the compressed form where needed, and refuses
+    NaN, Inf and negative values with an error naming the file and tensor.
+    """
+
+    def __init__(self, path: str | Path, label: str):
+        self.ckpt = Checkpoint(path, label)
+        self.label = label
+        self.path = Path(path)
+        meta = self.ckpt.file_metadata()
+        info = json.loads(meta.get(META_KEY, "{}"))
+        self.kind: str = info.get("kind", "full")
+        self.rank: int | None = info.get("rank")
+        self.source_metadata: dict = info.get("source_metadata", meta)
+
+    def _key(self, name: str) -> str:
+        for key in (name, f"{name}.exp_avg_sq", f"{name}.rank1.row", f"{name}.rankr.us"):
+            if key in self.ckpt:
+                return key
+        raise OtaMergeError(f"{self.label}: tensor {name} missing from moments file {self.path}")
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        key = self._key(name)
+        if key.endswith(".rank1.row"):
+            return (self.ckpt.shape(key)[0], self.ckpt.shape(f"{name}.rank1.col")[0])
+        if key.endswith(".rankr.us"):
+            return (self.ckpt.shape(key)[0], self.ckpt.shape(f"{name}.rankr.vh")[1])
+        return self.ckpt.shape(key)
+
+    def file_of(self, name: str) -> Path:
+        return self.ckpt.file_of(self._key(name))
+
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        key = self._key(name)
+        if key.endswith(".rank1.row"):
+            r = self.ckpt.get(key, rows).float()
+            c = self.ckpt.get(f"{name}.rank1.col").float()
+            total = float(self.ckpt.get(f"{name}.rank1.total"))
+            v = torch.outer(r, c / total) if total > 0 else torch.zeros(len(r), len(c))
+        elif key.endswith(".rankr.us"):
+            v = torch.relu(self.ckpt.get(key, rows).float() @ self.ckpt.get(f"{name}.rankr.vh").float())
+        else:
+            v = self.ckpt.get(key, rows).float()
+        if not bool(torch.isfinite(v).all()):
+            raise OtaMergeError(f"{self.label}: moments tensor {key} in {self.file_of(name)} has NaN or Inf values")
+        if bool((v < 0).any()):
+            raise OtaMergeError(f"{self.label}: moments tensor {key} in {self.file_of(name)} has negative values")
+        return v
+
+    def check_against(self, weights: Checkpoint, names: Iterable[str]) -> None:
+        """Every named (floating) weight has a moment of the same shape (headers only)."""
+        for name in names:
+            if not weights.dtype(name).is_floating_point:
+                continue
+            if self.shape(name) != weights.shape(name):
+                raise OtaMergeError(f"{self.label}: moments tensor {self._key(name)} in {self.file_of(name)} has "
+                                    f"shape {list(self.shape(name))}, the weights have {list(weights.shape(name))}")
+
+    def close(self) -> None:
+        self.ckpt.close()
+
+
+def compress(src: Moments, names: list[str], out: Path, rank: int = 1, progress: bool = True) -> dict:
+    """Write the rank-``rank`` compression of ``src`` to ``out``; returns the storage report."""
+    tensors: dict[str, torch.Tensor] = {}
+    report = {"rank": rank, "full_bytes": 0, "compressed_bytes": 0, "full_bytes_2d": 0, "compressed_bytes_2d": 0}
+    for name in tqdm(names, desc=f"compress moments (rank {rank})", unit="tensor", disable=not progress):
+        v = src.get(name).contiguous()
+        if v.dim() == 2 and rank == 1:
+            total = v.sum(dtype=torch.float64)
+            parts = {f"{name}.rank1.row": v.sum(dim=1, dtype=torch.float64).float(),
+                     f"{name}.rank1.col": v.sum(dim=0, dtype=torch.float64).float(),
+                     f"{name}.rank1.total": total.float()}
+        elif v.dim() == 2:
+            u, s, vh = torch.linalg.svd(v.double(), full_matrices=False)
+            parts = {f"{name}.rankr.us": (u[:, :rank] * s[:rank]).float().contiguous(),
+                     f"{name}.rankr.vh": vh[:rank].float().contiguous()}
+        else:
+            parts = {name: v}
+        tensors.update(parts)
+        full = v.numel() * 4
+        small = sum(t.numel() * 4 for t in parts.values())
+        report["full_bytes"] += full
+        report["compressed_bytes"] += small
+        if v.dim() == 2:
+            report["full_bytes_2d"] += full
+            report["compressed_bytes_2d"] += small
+    for k in ("", "_2d"):
+        full = report[f"full_bytes{k}"]
+        report[f"reduction{k}"] = 1 - report[f"compressed_bytes{k}"] / full if full else 0.0
+    kind = "rank1" if rank == 1 else "rank-r"
+    meta = {META_KEY: json.dumps({"kind": kind, "rank": rank, "source": str(src.path),
+                                  "source_metadata": src.source_metadata}, sort_keys=True)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return report
+
+
+def parameter_names(model_dir: str | Path) -> list[str]:
+    """The model's parameters in module order (the order a torch optimizer numbers them),
+    from its config.json on the meta device: no weights are loaded, no remote code run."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return [n for n, _ in model.named_parameters()]
+
+
+def optimizer_moments(pt_file: str | Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """exp_avg_sq of a torch optimizer state file, keyed by parameter name.
+
+    The file is loaded with ``weights_only=True`` (no pickle code runs); ids in its
+    param_groups are matched in order to ``names`` (the model's parameter order).
+    """
+    try:
+        state = torch.load(pt_file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise OtaMergeError(f"{pt_file}: not a loadable optimizer state with weights_only=True "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or "state" not in state:
+        raise OtaMergeError(f"{pt_file}: no 'state' in the optimizer file")
+    ids = [i for g in state.get("param_groups", []) for i in g.get("params", [])] or sorted(state["state"])
+    if len(ids) != len(names):
+        raise OtaMergeError(f"{pt_file}: the optimizer has {len(ids)} parameters, the model {len(names)}")
+    out = {}
+    for i, name in zip(ids, names):
+        entry = state["state"].get(i)
+        if not entry or "exp_avg_sq" not in entry:
+            raise OtaMergeError(f"{pt_file}: parameter {i} ({name}) has no exp_avg_sq")
+        out[name] = entry["exp_avg_sq"].float().contiguous()
+    return out

@@ -1,0 +1,70 @@
+"""Threshold extraction: pick each expert's FFG density and put its threshold into a
+merge configuration.
+
+A density is either fixed per expert, or chosen automatically: the smallest swept
+density whose grafted model keeps at least ``retention`` (e.g. 0.95) of the expert's own
+score on its own task (the score at density 1, where the graft is the expert itself).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from otamerge.errors import OtaMergeError
+from otamerge.ffg import STATISTICS, check_density, read_statistics
+
+
+def sweep_statistics(sweep_dir: str | Path) -> dict[float, dict]:
+    """density -> statistics of every ``<density>/statistics.json`` under ``sweep_dir``."""
+    found = {}
+    for path in sorted(Path(sweep_dir).glob(f"*/{STATISTICS}")):
+        stats = read_statistics(path)
+        found[float(stats["density"])] = stats
+    if not found:
+        raise OtaMergeError(f"{sweep_dir}: no */{STATISTICS} found")
+    return found
+
+
+def choose_density(expert: str, stats: dict[float, dict], fixed: float | None = None,
+                   scores: dict[float, float] | None = None, retention: float = 0.95) -> dict[str, Any]:
+    """The chosen density of one expert, its threshold, and why (one table row)."""
+    if fixed is not None:
+        d = check_density(fixed)
+        if d not in stats:
+            raise OtaMergeError(f"expert {expert}: density {d:g} was not swept (swept: "
+                                f"{', '.join(f'{x:g}' for x in sorted(stats))})")
+        reason, score, full = "fixed in config", (scores or {}).get(d), (scores or {}).get(1.0)
+    else:
+        if not scores or 1.0 not in scores:
+            raise OtaMergeError(f"expert {expert}: automatic choice needs the score at density 1 (the expert)")
+        full = scores[1.0]
+        ok = [x for x in sorted(stats) if x in scores and scores[x] >= retention * full]
+        d = ok[0] if ok else 1.0
+        score = scores.get(d)
+        reason = (f"smallest density keeping >= {retention:g} of the expert's own score "
+                  f"({score:.4g} vs {full:.4g})")
+        if d not in stats:
+            raise OtaMergeError(f"expert {expert}: density {d:g} chosen but not swept")
+    s = stats[d]
+    return {"expert": expert, "mode": "fixed" if fixed is not None else "auto", "density": d,
+            "threshold": s["threshold"], "achieved_density": s["achieved_density"], "metric": s["metric"],
+            "score": score, "expert_score": full, "reason": reason}
+
+
+def with_thresholds(template: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any]:
+    """A copy of a merge config with ``precond_threshold`` set on the named models."""
+    cfg = copy.deepcopy(template)
+    refs = [m.get("model") if isinstance(m, dict) else m for m in cfg.get("models") or []]
+    for ref in thresholds:
+        if ref not in refs:
+            raise OtaMergeError(f"merge template has no model {ref!r} (models: {', '.join(map(str, refs))})")
+    models = []
+    for entry in cfg["models"]:
+        entry = {"model": entry} if not isinstance(entry, dict) else entry
+        if entry["model"] in thresholds:
+            entry.setdefault("parameters", {})["precond_threshold"] = float(thresholds[entry["model"]])
+        models.append(entry)
+    cfg["models"] = models
+    return cfg

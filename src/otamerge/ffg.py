@@ -1,0 +1,222 @@
+"""Fast Fisher Grafting: keep an expert's most salient edits, revert the rest to the base.
+
+saliency s = v * (w_expert - w_base)^2   (metric "fisher"; "magnitude": |w_expert - w_base|)
+
+ONE threshold over every parameter of the expert (embeddings, lm_head and norms too)
+keeps the top ``density`` fraction; grafted = where(s >= threshold, expert, base), which
+is exactly what OTA of this one expert with that threshold gives. A sweep of densities
+shares its passes: two histogram passes find every threshold exactly (threshold.py),
+one more pass writes every grafted model and its statistics.json together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from otamerge.atomic import atomic_dir, write_json
+from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
+from otamerge.errors import OtaMergeError
+from otamerge.moments import Moments
+from otamerge.threshold import exact_thresholds, keep_count
+from otamerge.tokenizer_source import copy_tokenizer
+from otamerge.writer import ShardedWriter, TensorPlan
+
+METRICS = ("fisher", "magnitude")
+STATISTICS = "statistics.json"
+
+
+def saliency(metric: str, expert: torch.Tensor, base: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
+    """fp32 saliency of each entry (same operations as OTA's mask, so masks agree)."""
+    tau = expert.float() - base.float()
+    if metric == "fisher":
+        return v * tau.square()
+    return tau.abs()
+
+
+def density_label(density: float) -> str:
+    """One spelling per density (0.1 and 0.10 are one sweep point)."""
+    return f"{float(density):g}"
+
+
+def check_density(density: float) -> float:
+    d = float(density)
+    if not 0 < d <= 1 or math.isnan(d):
+        raise OtaMergeError(f"density {density} is outside (0, 1]")
+    return d
+
+
+@dataclass
+class _TensorStats:
+    total: int
+    kept: int = 0
+    ties: int = 0
+    rows_any: int = 0
+    cols_any: torch.Tensor | None = None
+
+    def as_dict(self, shape: tuple[int, ...]) -> dict:
+        out = {"shape": list(shape), "kept": self.kept, "total": self.total,
+               "kept_fraction": self.kept / self.total if self.total else 0.0}
+        if len(shape) == 2:
+            out["rows_any"] = self.rows_any
+            out["cols_any"] = int(self.cols_any.sum()) if self.cols_any is not None else 0
+        return out
+
+
+@dataclass(frozen=True)
+class FfgOptions:
+    chunk_bytes: int = 4 << 20
+    out_shard_bytes: int = 5 << 30
+    progress: bool = True
+
+
+@dataclass
+class _Inputs:
+    base: Checkpoint
+    expert: Checkpoint
+    moments: Moments | None
+    names: list[str] = field(default_factory=list)
+
+
+def _open(base_dir: Path, expert_dir: Path, moments_path: Path | None, metric: str) -> _Inputs:
+    if metric not in METRICS:
+        raise OtaMergeError(f"unknown FFG metric {metric!r}; use fisher or magnitude")
+    base = Checkpoint(base_dir, f"base model {base_dir}")
+    expert = Checkpoint(expert_dir, f"expert {expert_dir}")
+    names = [n for n in base.names() if base.dtype(n).is_floating_point]
+    check_compatible(base, expert, base.names())
+    moments = None
+    if metric == "fisher":
+        if moments_path is None:
+            raise OtaMergeError(f"expert {expert_dir}: the fisher metric needs a moments file")
+        moments = Moments(moments_path, f"moments of expert {expert_dir}")
+        moments.check_against(base, names)
+    return _Inputs(base, expert, moments, names)
+
+
+def _chunks(inp: _Inputs, metric: str, opts: FfgOptions, desc: str):
+    """(name, rows, expert chunk, base chunk, saliency chunk) over all float tensors."""
+    for name in tqdm(inp.names, desc=desc, unit="tensor", disable=not opts.progress):
+        for rows in row_ranges(inp.base.shape(name), opts.chunk_bytes) or [None]:
+            e, b = inp.expert.get(name, rows), inp.base.get(name, rows)
+            v = inp.moments.get(name, rows) if inp.moments is not None else None
+            yield name, rows, e, b, saliency(metric, e, b, v)
+
+
+def ffg_sweep(base_dir: str | Path, expert_dir: str | Path, moments_path: str | Path | None,
+              densities: list[float], metric: str, out_dir: str | Path,
+              opts: FfgOptions = FfgOptions()) -> dict[float, Path]:
+    """Graft the expert at each density into ``out_dir/<density>/`` (model folder with
+    statistics.json); returns density -> folder."""
+    densities = sorted({check_density(d) for d in densities})
+    base_dir, expert_dir, out_dir = Path(base_dir), Path(expert_dir), Path(out_dir)
+    inp = _open(base_dir, expert_dir, Path(moments_path) if moments_path else None, metric)
+    try:
+        def sal():
+            return (s for *_, s in _chunks(inp, metric, opts, "FFG thresholds"))
+
+        thresholds, total = exact_thresholds(sal, densities)
+        return _graft(inp, densities, thresholds, total, metric, out_dir, opts, base_dir, expert_dir)
+    finally:
+        for c in (inp.base, inp.expert, inp.moments):
+            if c is not None:
+                c.close()
+
+
+def _graft(inp: _Inputs, densities: list[float], thresholds: list[float], total: int, metric: str,
+           out_dir: Path, opts: FfgOptions, base_dir: Path, expert_dir: Path) -> dict[float, Path]:
+    plans = [TensorPlan(n, inp.base.shape(n), inp.expert.dtype(n)) for n in inp.base.names()]
+    stats = {d: {n: _TensorStats(_numel(inp.base.shape(n))) for n in inp.names} for d in densities}
+    folders = {d: out_dir / density_label(d) for d in densities}
+    with ExitStack() as stack:
+        tmp = {d: stack.enter_context(atomic_dir(folders[d])) for d in densities}
+        writers = {d: ShardedWriter(tmp[d], plans, opts.out_shard_bytes) for d in densities}
+        chunks = _chunks(inp, metric, opts, "FFG graft")
+        for plan in plans:
+            if plan.name not in stats[densities[0]]:  # integer buffers: the base's
+                for d in densities:
+                    writers[d].write(plan.name, inp.base.get(plan.name))
+                continue
+            for rows in row_ranges(plan.shape, opts.chunk_bytes) or [None]:
+                name, _, e, b, s = next(chunks)
+                for d, thr in zip(densities, thresholds):
+                    keep = s >= thr
+                    writers[d].write(name, torch.where(keep, e, b).to(plan.dtype))
+                    _count(stats[d][name], keep, s, thr)
+        for d, thr in zip(densities, thresholds):
+            writers[d].close()
+            _copy_model_files(expert_dir, tmp[d])
+            write_json(tmp[d] / STATISTICS, _statistics(inp, d, thr, total, metric, stats[d], base_dir, expert_dir))
+    return folders
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _count(st: _TensorStats, keep: torch.Tensor, s: torch.Tensor, thr: float) -> None:
+    st.kept += int(keep.sum())
+    st.ties += int((s == thr).sum())
+    if keep.dim() == 2:
+        st.rows_any += int(keep.any(dim=1).sum())
+        cols = keep.any(dim=0)
+        st.cols_any = cols if st.cols_any is None else st.cols_any | cols
+
+
+def _copy_model_files(src: Path, dst: Path) -> None:
+    for f in ("config.json", "generation_config.json"):
+        if (src / f).is_file():
+            shutil.copyfile(src / f, dst / f)
+    copy_tokenizer(src, dst)
+
+
+def _statistics(inp: _Inputs, density: float, thr: float, total: int, metric: str,
+                per_tensor: dict[str, _TensorStats], base_dir: Path, expert_dir: Path) -> dict:
+    kept = sum(st.kept for st in per_tensor.values())
+    moments = None
+    if inp.moments is not None:
+        moments = {"kind": inp.moments.kind, "rank": inp.moments.rank, "file": str(inp.moments.path),
+                   "optimizer_state": _optimizer_state(inp.moments)}
+    return {
+        "density": density,
+        "metric": metric,
+        "moments": moments["kind"] if moments else None,
+        "moments_info": moments,
+        "threshold": thr,
+        "k": keep_count(density, total),
+        "kept": kept,
+        "total": total,
+        "achieved_density": kept / total if total else 0.0,
+        "ties_at_threshold": sum(st.ties for st in per_tensor.values()),
+        "base": str(base_dir),
+        "expert": str(expert_dir),
+        "tensors": {n: st.as_dict(inp.base.shape(n)) for n, st in per_tensor.items()},
+    }
+
+
+def _optimizer_state(moments: Moments) -> dict | None:
+    raw = moments.source_metadata.get("optimizer_state")
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def read_statistics(path: str | Path) -> dict:
+    """A statistics.json, with the fields threshold extraction needs checked."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OtaMergeError(f"{path}: cannot read statistics ({exc})") from None
+    missing = [k for k in ("density", "metric", "threshold", "kept", "total", "achieved_density") if k not in data]
+    if missing:
+        raise OtaMergeError(f"{path}: statistics.json lacks {', '.join(missing)}")
+    return data

@@ -1,0 +1,67 @@
+"""Exact model-wide thresholds for several densities in two streaming passes.
+
+Saliencies are non-negative fp32, and for non-negative IEEE floats the order of the
+values equals the order of their bit patterns read as integers. A radix select over
+those bits finds the exact k-th largest value with two histogram passes, whatever the
+number of densities: pass 1 counts the high 16 bits, pass 2 the low 16 bits of only
+those entries whose high bits fall in a bin that holds one of the wanted ranks. Memory
+is two 65536-bin histograms per density, never the model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+
+Chunks = Callable[[], Iterable[torch.Tensor]]  # a fresh pass over the saliency chunks
+BINS = 1 << 16
+
+
+def _bits(s: torch.Tensor) -> torch.Tensor:
+    s = s.to(torch.float32).abs().reshape(-1)  # abs: -0.0 has the sign bit set
+    return s.view(torch.int32).to(torch.int64)
+
+
+def keep_count(density: float, total: int) -> int:
+    """How many entries a density keeps: round(density * total), at least one."""
+    return min(total, max(1, round(density * total)))
+
+
+def _select(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """(bin, rank within the bin) of the k-th largest entry, counting from the top bin."""
+    from_top = torch.cumsum(hist.flip(0), 0)
+    idx = int(torch.searchsorted(from_top, torch.tensor(k)))
+    above = int(from_top[idx - 1]) if idx > 0 else 0
+    return BINS - 1 - idx, k - above
+
+
+def exact_thresholds(chunks: Chunks, densities: list[float]) -> tuple[list[float], int]:
+    """The k-th largest saliency for each density (k = keep_count), and the total count.
+
+    Keeping ``s >= threshold`` keeps k entries plus any ties at the threshold.
+    """
+    hi = torch.zeros(BINS, dtype=torch.int64)
+    total = 0
+    for s in chunks():
+        b = _bits(s)
+        total += b.numel()
+        hi += torch.bincount(b >> 16, minlength=BINS)
+    if total == 0:
+        return [math.inf for _ in densities], 0
+    wanted = [_select(hi, keep_count(d, total)) for d in densities]
+    lo = {b: torch.zeros(BINS, dtype=torch.int64) for b, _ in wanted}
+    for s in chunks():
+        b = _bits(s)
+        high = b >> 16
+        for bin_, hist in lo.items():
+            sel = b[high == bin_] & 0xFFFF
+            if sel.numel():
+                hist += torch.bincount(sel, minlength=BINS)
+    out = []
+    for bin_, rank in wanted:
+        low, _ = _select(lo[bin_], rank)
+        bits = torch.tensor([(bin_ << 16) | low], dtype=torch.int32)
+        out.append(float(bits.view(torch.float32)))
+    return out, total
