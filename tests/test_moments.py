@@ -1,0 +1,107 @@
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from checkpoints import make_family
+from otamerge.cli import main
+from otamerge.errors import OtaMergeError
+from otamerge.moments import Moments, compress, optimizer_moments, parameter_names
+
+
+def _direct_rank1(v):
+    m, n = v.shape
+    rows = [sum(float(v[i, j]) for j in range(n)) for i in range(m)]
+    cols = [sum(float(v[i, j]) for i in range(m)) for j in range(n)]
+    total = sum(rows)
+    return torch.tensor([[rows[i] * cols[j] / total for j in range(n)] for i in range(m)], dtype=torch.float64)
+
+
+def test_rank1_file_expands_to_row_sums_times_column_sums_over_total(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    v = {"a.weight": torch.rand(7, 5, generator=g) ** 4, "a.bias": torch.rand(5, generator=g)}
+    save_file(v, str(tmp_path / "m.safetensors"))
+    src = Moments(tmp_path / "m.safetensors", "m")
+    report = compress(src, ["a.bias", "a.weight"], tmp_path / "r1.safetensors", progress=False)
+    r1 = Moments(tmp_path / "r1.safetensors", "r1")
+    assert r1.kind == "rank1" and r1.shape("a.weight") == (7, 5)
+    assert torch.allclose(r1.get("a.weight").double(), _direct_rank1(v["a.weight"]), rtol=1e-6)
+    assert torch.equal(r1.get("a.weight", (2, 5)), r1.get("a.weight")[2:5])  # row chunks
+    assert torch.equal(r1.get("a.bias"), v["a.bias"])
+    assert report["compressed_bytes_2d"] == (7 + 5 + 1) * 4 and report["full_bytes_2d"] == 35 * 4
+
+
+def test_rank_r_is_the_clipped_truncated_svd(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    v = torch.rand(12, 9, generator=g)
+    save_file({"w": v}, str(tmp_path / "m.safetensors"))
+    compress(Moments(tmp_path / "m.safetensors", "m"), ["w"], tmp_path / "r3.safetensors", rank=3, progress=False)
+    u, s, vh = torch.linalg.svd(v.double())
+    want = torch.clamp((u[:, :3] @ torch.diag(s[:3]) @ vh[:3]), min=0)
+    got = Moments(tmp_path / "r3.safetensors", "r3").get("w")
+    assert torch.allclose(got.double(), want, atol=1e-6)
+
+
+def test_storage_reduction_on_a_llama_shaped_set_is_at_least_99_percent(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from synthetic import llama_shapes
+
+    shapes = llama_shapes(layers=2, hidden=512, intermediate=1792, vocab=8000)
+    g = torch.Generator().manual_seed(2)
+    save_file({k: torch.rand(s, generator=g) for k, s in shapes.items()}, str(tmp_path / "m.safetensors"))
+    assert main(["compress-moments", str(tmp_path / "m.safetensors"), str(tmp_path / "r1.safetensors"),
+                 "--report", str(tmp_path / "rep.json"), "--quiet"]) == 0
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["reduction_2d"] >= 0.99
+    on_disk = os.path.getsize(tmp_path / "r1.safetensors") / os.path.getsize(tmp_path / "m.safetensors")
+    assert on_disk < 0.01
+
+
+def test_exp_avg_sq_suffixed_keys_and_validation(tmp_path):
+    save_file({"w.exp_avg_sq": torch.ones(3, 2), "b.exp_avg_sq": torch.tensor([1.0, -1.0])},
+              str(tmp_path / "m.safetensors"))
+    m = Moments(tmp_path / "m.safetensors", "moments of x")
+    assert torch.equal(m.get("w"), torch.ones(3, 2))
+    with pytest.raises(OtaMergeError, match="moments tensor b.exp_avg_sq in .* has negative values"):
+        m.get("b")
+    with pytest.raises(OtaMergeError, match="tensor c missing from moments file"):
+        m.get("c")
+
+
+def test_torch_optimizer_state_is_named_in_parameter_order(tmp_path):
+    fam = make_family(tmp_path / "f", n_experts=1)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(fam["expert0"])
+    opt = torch.optim.AdamW(model.parameters())
+    model(input_ids=torch.tensor([[1, 5, 6]]), labels=torch.tensor([[1, 5, 6]])).loss.backward()
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
+    names = parameter_names(fam["expert0"])
+    assert names == [n for n, _ in model.named_parameters()]
+    got = optimizer_moments(tmp_path / "optimizer.pt", names)
+    for (n, p) in model.named_parameters():
+        assert torch.equal(got[n], opt.state[p]["exp_avg_sq"]), n
+    assert main(["compress-moments", str(tmp_path / "optimizer.pt"), str(tmp_path / "r1.safetensors"),
+                 "--model", str(fam["expert0"]), "--quiet"]) == 0
+    assert "model.embed_tokens.weight.rank1.row" in load_file(tmp_path / "r1.safetensors")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch EVIL_RAN",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"state": {0: {"exp_avg_sq": _Evil()}}}, fh)
+    with pytest.raises(OtaMergeError, match="not a loadable optimizer state with weights_only=True"):
+        optimizer_moments(tmp_path / "evil.pt", ["w"])
+    assert not (tmp_path / "EVIL_RAN").exists()
