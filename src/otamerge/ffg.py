@@ -59,14 +59,15 @@ class _TensorStats:
     kept: int = 0
     ties: int = 0
     rows_any: int = 0
-    cols_any: torch.Tensor | None = None
+    cols_any: int = 0
+    cols: torch.Tensor | None = None  # columns with a kept entry, while the tensor is read
 
     def as_dict(self, shape: tuple[int, ...]) -> dict:
         out = {"shape": list(shape), "kept": self.kept, "total": self.total,
                "kept_fraction": self.kept / self.total if self.total else 0.0}
         if len(shape) == 2:
             out["rows_any"] = self.rows_any
-            out["cols_any"] = int(self.cols_any.sum()) if self.cols_any is not None else 0
+            out["cols_any"] = self.cols_any
         return out
 
 
@@ -150,6 +151,8 @@ def _graft(inp: _Inputs, densities: list[float], thresholds: list[float], total:
                     keep = s >= thr
                     writers[d].write(name, torch.where(keep, e, b).to(plan.dtype))
                     _count(stats[d][name], keep, s, thr)
+            for d in densities:
+                _finish(stats[d][plan.name])
         for d, thr in zip(densities, thresholds):
             writers[d].close()
             _copy_model_files(expert_dir, tmp[d])
@@ -167,7 +170,15 @@ def _count(st: _TensorStats, keep: torch.Tensor, s: torch.Tensor, thr: float) ->
     if keep.dim() == 2:
         st.rows_any += int(keep.any(dim=1).sum())
         cols = keep.any(dim=0)
-        st.cols_any = cols if st.cols_any is None else st.cols_any | cols
+        st.cols = cols if st.cols is None else st.cols | cols
+
+
+def _finish(st: _TensorStats) -> None:
+    """Reduce per-tensor buffers to numbers: small tensors kept alive across the whole
+    pass would fragment the heap between the large chunk buffers and grow the RSS."""
+    if st.cols is not None:
+        st.cols_any = int(st.cols.sum())
+        st.cols = None
 
 
 def _copy_model_files(src: Path, dst: Path) -> None:
