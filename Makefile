@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+JOBS ?= 1
+
 demo: $(VENV)/.installed
-	$(BIN)/snakemake --profile profiles/local -j1
+	$(BIN)/snakemake --profile profiles/local -j$(JOBS)
+	@echo "summary tables: results/summary/accuracy.md results/summary/sweep.md results/summary/thresholds.csv"
 
 $(MERGEKIT_VENV)/.installed:
 	$(PYTHON) -m venv $(MERGEKIT_VENV)

@@ -12,6 +12,8 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/ffg.smk"
+include: "workflow/rules/merge.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
 

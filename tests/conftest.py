@@ -31,6 +31,8 @@ def tiny_config() -> dict:
     demo["base"].update(steps=8, warmup=2, batch_size=16)
     demo["expert_defaults"].update(steps=4, warmup=1, batch_size=16)
     demo["experts"] = {"add": {"task": "add"}, "rev": {"task": "reverse", "steps": 6}}
+    cfg["ffg"] = {"densities": [0.1, 0.5], "metrics": ["fisher"]}
+    cfg["merges"] = {k: cfg["merges"][k] for k in ("ota_ffg", "ties")}
     return cfg
 
 

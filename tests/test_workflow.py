@@ -1,3 +1,5 @@
+import copy
+
 import pandas as pd
 import pytest
 import yaml
@@ -14,8 +16,11 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
     res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j1", "-n",
                     config=default_config())
     assert res.returncode == 0, res.stderr
+    n_merges, n_points = 9, 5 * 3 * 4  # experts x (fisher, magnitude, fisher_rank1) x densities
     assert job_counts(res.stdout + res.stderr) == {
-        "demo_base": 1, "demo_expert": 5, "evaluate_builtin": 6, "summary": 1, "all": 1}
+        "demo_base": 1, "demo_expert": 5, "compress_moments": 5, "ffg": n_points, "merge_config": n_merges,
+        "merge": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1, "sweep_summary": 1,
+        "all": 1}
 
 
 def test_lint_is_clean():
@@ -52,8 +57,13 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     run = snakemake(tmp_path / "wf", "--cores", "2", config=cfg)
     assert run.returncode == 0, run.stderr[-3000:]
     scores = pd.read_csv(tmp_path / "wf/results/summary/scores.csv")
-    assert len(scores) == 3 * 5 * 2  # models x tasks x metrics
-    assert set(scores.model) == {"base", "add", "rev"} and scores.score.between(0, 1).all()
+    assert len(scores) == 5 * 5 * 2  # models (base, 2 experts, 2 merges) x tasks x metrics
+    assert set(scores.model) == {"base", "add", "rev", "merge/ota_ffg", "merge/ties"}
+    assert scores.score.between(0, 1).all()
+    chosen = pd.read_csv(tmp_path / "wf/results/summary/thresholds.csv")
+    assert list(chosen.expert) == ["add", "rev"] and set(chosen.density) <= {0.1, 0.5, 1.0}
+    merged = yaml.safe_load((tmp_path / "wf/results/merges/ota_ffg/merge_config.yml").read_text())
+    assert [m["parameters"]["precond_threshold"] for m in merged["models"]] == list(chosen.threshold)
     assert (tmp_path / "wf/logs/demo_expert/rev.log").stat().st_size > 0
     # the workflow's jobs (separate processes) give the same bytes as an in-process build
     ref = build_tiny(tmp_path / "ref", cfg)
@@ -62,17 +72,30 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
 
     same = snakemake(tmp_path / "wf", "-n", config=cfg)
     assert "Nothing to be done" in same.stdout + same.stderr
+    denser = copy.deepcopy(cfg)
+    denser["ffg"]["densities"] = [0.10, 0.5, 0.3]  # 0.10 is the existing 0.1 point
+    added = snakemake(tmp_path / "wf", "-n", config=denser)
+    # the new point for each expert, its evaluation, and the aggregation downstream
+    assert job_counts(added.stdout + added.stderr) == {
+        "ffg": 2, "evaluate_builtin": 2 + 1, "merge_config": 1, "merge": 1, "summary": 1, "sweep_summary": 1,
+        "all": 1}
+    outputs = [line for line in added.stdout.splitlines() if line.strip().startswith("output:")]
+    assert any(o.strip() == "output: results/ffg/add/fisher/0.3" for o in outputs)
+    assert not any("results/ffg/add/fisher/0.1" in o for o in outputs)
+
     cfg["demo"]["experts"]["rev"]["steps"] = 7
     changed = snakemake(tmp_path / "wf", "-n", config=cfg)
-    assert job_counts(changed.stdout + changed.stderr) == {
-        "demo_expert": 1, "evaluate_builtin": 1, "summary": 1, "all": 1}
-    assert "experts/rev" in changed.stdout and "experts/add" not in changed.stdout
+    counts = job_counts(changed.stdout + changed.stderr)
+    assert counts["demo_expert"] == 1 and counts["ffg"] == 2  # rev's two sweep points, not add's
+    outputs = [line for line in changed.stdout.splitlines() if line.strip().startswith("output:")]
+    assert any("resources/demo/experts/rev" in o for o in outputs)
+    assert not any("experts/add" in o or "ffg/add/" in o or "builtin/add.json" in o for o in outputs)
 
 
 @pytest.mark.slow
 def test_full_demo_experts_beat_the_base_on_their_own_task(tmp_path):
     """The default config, as `make demo` runs it: each expert gains >= 30 points."""
-    res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j1", config=default_config())
+    res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j2", config=default_config())
     assert res.returncode == 0, res.stderr[-3000:]
     matrix = yaml.safe_load((tmp_path / "results/summary/accuracy.json").read_text())
     em = matrix["builtin"]["exact_match"]

@@ -50,3 +50,42 @@ def write_summary(inputs: Iterable[str | Path], tasks: Sequence[str], scores: st
     write_json(matrix_json, js)
     print("\n".join(md))
     return df
+
+
+def sweep_table(scores: pd.DataFrame, tasks: dict[str, str]) -> pd.DataFrame:
+    """Own-task scores of grafted experts: columns expert, metric (ffg), density, score
+    metric, score; from score rows whose model is ``ffg/<expert>/<metric>/<density>``."""
+    ffg = scores[scores.model.str.startswith("ffg/")].copy()
+    parts = ffg.model.str.split("/", expand=True)
+    ffg["expert"], ffg["ffg_metric"], ffg["density"] = parts[1], parts[2], parts[3].astype(float)
+    own = ffg[ffg.task == ffg.expert.map(tasks)]
+    return own[["expert", "ffg_metric", "density", "metric", "score"]].sort_values(
+        ["metric", "expert", "ffg_metric", "density"])
+
+
+def write_sweep(score_files: Iterable[str | Path], threshold_files: Iterable[str | Path], tasks: dict[str, str],
+                sweep_md: str | Path, sweep_csv: str | Path, thresholds_csv: str | Path) -> pd.DataFrame:
+    """The FFG sweep table (expert x metric -> own-task score per density) and the
+    thresholds every merge chose."""
+    table = sweep_table(load_scores(score_files), tasks)
+    with atomic_file(sweep_csv) as fh:
+        table.to_csv(fh, index=False, float_format="%.6g")
+    md = []
+    for metric in dict.fromkeys(table.metric):
+        sel = table[table.metric == metric]
+        wide = sel.pivot_table(index=["expert", "ffg_metric"], columns="density", values="score")
+        mean = sel.pivot_table(index="ffg_metric", columns="density", values="score")
+        md += [f"## own-task {metric} of grafted experts", "", wide.to_markdown(floatfmt=".3f"), "",
+               f"mean over experts ({metric}):", "", mean.to_markdown(floatfmt=".3f"), ""]
+    with atomic_file(sweep_md) as fh:
+        fh.write("\n".join(md))
+    frames = []
+    for f in threshold_files:
+        t = pd.read_csv(f)
+        if len(t):
+            frames.append(t.assign(merge=Path(f).parent.name))
+    chosen = pd.concat(frames) if frames else pd.DataFrame(columns=["merge"])
+    with atomic_file(thresholds_csv) as fh:
+        chosen.to_csv(fh, index=False)
+    print("\n".join(md))
+    return table

@@ -1,6 +1,7 @@
 from snakemake.utils import validate
 
 from otamerge.demo.settings import expert_config
+from otamerge.ffg import density_label
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -8,19 +9,50 @@ validate(config, schema="../schemas/config.schema.yaml")
 DEMO = config["demo"]["outdir"]
 EXPERTS = list(config["demo"]["experts"])
 MODELS = ["base", *EXPERTS]
+TASK = {e: spec["task"] for e, spec in config["demo"]["experts"].items()}
+# one spelling per sweep point: 0.1 and 0.10 are one job
+DENSITIES = sorted({density_label(d) for d in config["ffg"]["densities"]}, key=float)
+METRICS = config["ffg"]["metrics"]
+MERGES = config["merges"]
+BACKENDS = config["evaluation"]["backends"]
 
 
 wildcard_constraints:
     expert="|".join(EXPERTS),
-    model="|".join(MODELS),
-    backend="|".join(config["evaluation"]["backends"]),
+    backend="|".join(BACKENDS),
+    metric="fisher|fisher_rank1|magnitude",
+    density=r"[0-9][0-9.e-]*",
+    merge="|".join(MERGES) or "NO_MERGE",
+    model=r"base|{}|ffg/[^/]+/[^/]+/[^/]+|merge/[^/]+".format("|".join(EXPERTS)),
+
+
+def expert_dir(expert):
+    return f"{DEMO}/experts/{expert}"
+
+
+def moments_file(expert, kind="full"):
+    """The expert's exp_avg_sq as trained, or its rank-1 compression."""
+    if kind == "rank1":
+        return f"results/moments/{expert}/rank1.safetensors"
+    return f"{expert_dir(expert)}/export/exp_avg_sq.safetensors"
+
+
+def moments_input(expert, kind="full"):
+    """What a job reading those moments depends on: trained moments live inside the
+    expert's folder (a directory output), so the folder is the input."""
+    return moments_file(expert, kind) if kind == "rank1" else expert_dir(expert)
 
 
 def model_dir(wildcards):
-    """Folder of a model named in the config (the base or an expert)."""
-    if wildcards.model == "base":
+    """Folder of a model by its name in the score tables."""
+    m = wildcards.model
+    if m == "base":
         return f"{DEMO}/base"
-    return f"{DEMO}/experts/{wildcards.model}"
+    if m.startswith("ffg/"):
+        return f"results/{m}"
+    if m.startswith("merge/"):
+        return f"results/merges/{m.split('/', 1)[1]}/model"
+    return expert_dir(m)
 
 
 def expert_settings(wildcards):
@@ -28,9 +60,74 @@ def expert_settings(wildcards):
     return expert_config(config["demo"], wildcards.expert)
 
 
+def ffg_moments_kind(metric):
+    return {"fisher": "full", "fisher_rank1": "rank1"}.get(metric)
+
+
+def merge_experts(merge):
+    return MERGES[merge].get("experts", EXPERTS)
+
+
+def fixed_density(expert):
+    """The configured density of an expert, or None where it is chosen automatically."""
+    fixed = config["thresholds"].get("fixed", {})
+    if expert in fixed:
+        return density_label(fixed[expert])
+    if config["thresholds"]["mode"] == "fixed":
+        raise ValueError(f"thresholds.mode is fixed but thresholds.fixed has no density for {expert}")
+    return None
+
+
+def merge_config_inputs(wildcards):
+    """Experts and moments; with FFG, the sweep points the thresholds are read from."""
+    spec = MERGES[wildcards.merge]
+    experts = merge_experts(wildcards.merge)
+    inputs = {"experts": [expert_dir(e) for e in experts], "base": f"{DEMO}/base"}
+    if spec["method"] == "ota":
+        inputs["moments"] = [moments_input(e, spec.get("moments", "full")) for e in experts]
+    if spec.get("ffg"):
+        points = []
+        for e in experts:
+            d = fixed_density(e)
+            points += [f"results/ffg/{e}/{spec['ffg']}/{x}" for x in ([d] if d else DENSITIES)]
+        inputs["sweeps"] = points
+        inputs["scores"] = [
+            f"results/evaluation/builtin/ffg/{e}/{spec['ffg']}/{d}.json" for e in experts
+            if not fixed_density(e) for d in DENSITIES
+        ] + [f"results/evaluation/builtin/{e}.json" for e in experts if not fixed_density(e)]
+    return inputs
+
+
+def merge_config_params(wildcards):
+    """The merge spec and only the settings its thresholds depend on."""
+    spec = MERGES[wildcards.merge]
+    experts = merge_experts(wildcards.merge)
+    params = {"spec": spec, "experts": experts,
+              "moments": [moments_file(e, spec.get("moments", "full")) for e in experts]}
+    if spec.get("ffg"):
+        params["thresholds"] = {
+            "fixed": {e: fixed_density(e) for e in experts if fixed_density(e)},
+            "retention": config["thresholds"].get("retention", 0.95),
+            "score": config["thresholds"].get("score", "token_accuracy"),
+            "tasks": {e: TASK[e] for e in experts},
+            "densities": {e: [fixed_density(e)] if fixed_density(e) else DENSITIES for e in experts},
+        }
+    return params
+
+
+def evaluated(models):
+    return expand("results/evaluation/{backend}/{model}.json", backend=BACKENDS, model=models)
+
+
+def sweep_models():
+    return [f"ffg/{e}/{m}/{d}" for e in EXPERTS for m in METRICS for d in DENSITIES]
+
+
 def get_final_output():
     return [
         "results/summary/scores.csv",
         "results/summary/accuracy.md",
         "results/summary/accuracy.json",
+        "results/summary/sweep.md",
+        "results/summary/thresholds.csv",
     ]

@@ -1,10 +1,6 @@
 rule summary:
     input:
-        expand(
-            "results/evaluation/{backend}/{model}.json",
-            backend=config["evaluation"]["backends"],
-            model=MODELS,
-        ),
+        evaluated(MODELS + [f"merge/{m}" for m in MERGES]),
     output:
         scores="results/summary/scores.csv",
         table=report(
@@ -25,3 +21,29 @@ rule summary:
         "../envs/otamerge.yaml"
     script:
         "../scripts/summary.py"
+
+
+rule sweep_summary:
+    input:
+        scores=evaluated(sweep_models()),
+        thresholds=expand("results/merges/{merge}/thresholds.csv", merge=MERGES),
+    output:
+        sweep=report(
+            "results/summary/sweep.md",
+            caption="../report/sweep.rst",
+            category="FFG sweep",
+        ),
+        sweep_csv="results/summary/sweep.csv",
+        thresholds="results/summary/thresholds.csv",
+    log:
+        "logs/sweep_summary/sweep_summary.log",
+    params:
+        tasks=TASK,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/sweep_summary.py"

@@ -1,0 +1,53 @@
+"""From the workflow config's merge specs to mergekit-style merge configs, and the
+own-task score tables that automatic FFG density selection reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from otamerge.errors import OtaMergeError
+
+
+def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
+                   moments: dict[str, str] | None = None) -> dict[str, Any]:
+    """A merge config (as `otamerge merge` reads it) for one merge spec of the workflow.
+
+    experts: name -> model folder; moments: name -> moments file (OTA only).
+    Every expert gets the spec's ``model_parameters``; OTA experts their moments file.
+    """
+    models = []
+    for name, folder in experts.items():
+        params = dict(spec.get("model_parameters") or {})
+        if spec["method"] == "ota":
+            if not moments or name not in moments:
+                raise OtaMergeError(f"merge {spec}: expert {name} has no moments file")
+            params["preconditioner_path"] = moments[name]
+        models.append({"model": folder, "parameters": params})
+    cfg: dict[str, Any] = {"merge_method": spec["method"], "models": models,
+                           "parameters": dict(spec.get("parameters") or {}),
+                           "dtype": spec.get("dtype", "float32"), "tokenizer_source": "base"}
+    if spec.get("base", True) and spec["method"] != "linear":
+        cfg["base_model"] = base_dir
+    else:
+        cfg["tokenizer_source"] = models[0]["model"]
+    return cfg
+
+
+def own_task_scores(rows_files: Iterable[str | Path], model_to_point: dict[str, tuple[str, float]],
+                    tasks: dict[str, str], metric: str) -> pd.DataFrame:
+    """Columns expert, density, score: each evaluated model's score on its expert's own task.
+
+    model_to_point maps a model name of the score rows to (expert, density); the expert
+    itself is density 1.
+    """
+    out = []
+    for path in rows_files:
+        for row in json.loads(Path(path).read_text()):
+            point = model_to_point.get(row["model"])
+            if point and row["metric"] == metric and row["task"] == tasks[point[0]]:
+                out.append({"expert": point[0], "density": point[1], "score": row["score"]})
+    return pd.DataFrame(out, columns=["expert", "density", "score"]).sort_values(["expert", "density"])

@@ -1,0 +1,12 @@
+from pathlib import Path
+
+from otamerge.ffg import ffg_sweep
+from otamerge.logs import to_file
+
+with to_file(snakemake.log[0]):
+    out = Path(snakemake.output[0])
+    metric = "fisher" if snakemake.wildcards.metric.startswith("fisher") else "magnitude"
+    moments = snakemake.params.moments
+    made = ffg_sweep(snakemake.input.base, snakemake.input.expert, moments, [snakemake.params.density],
+                     metric, out.parent)
+    assert list(made.values()) == [out], f"density folder {made} is not the rule's output {out}"

@@ -1,0 +1,35 @@
+import pandas as pd
+import yaml
+
+from otamerge.atomic import atomic_file
+from otamerge.density_choice import choose_density, with_thresholds
+from otamerge.ffg import read_statistics
+from otamerge.logs import to_file
+from otamerge.merge_specs import merge_template, own_task_scores
+
+COLUMNS = ["expert", "mode", "density", "threshold", "achieved_density", "metric", "score", "expert_score",
+           "reason"]
+
+with to_file(snakemake.log[0]):
+    p, inp = snakemake.params[0], snakemake.input
+    experts = dict(zip(p["experts"], inp.experts))
+    moments = dict(zip(p["experts"], p["moments"])) if p["spec"]["method"] == "ota" else None
+    cfg = merge_template(p["spec"], experts, inp.base, moments)
+    rows = []
+    if p["spec"].get("ffg"):
+        t, metric = p["thresholds"], p["spec"]["ffg"]
+        names = {f"ffg/{e}/{metric}/{d}": (e, float(d)) for e, ds in t["densities"].items() for d in ds}
+        names.update({e: (e, 1.0) for e in experts})
+        scores = own_task_scores(inp.get("scores", []), names, t["tasks"], t["score"])
+        for e in experts:
+            stats = {float(d): read_statistics(f"results/ffg/{e}/{metric}/{d}/statistics.json")
+                     for d in t["densities"][e]}
+            own = {r.density: r.score for r in scores[scores.expert == e].itertuples()}
+            fixed = t["fixed"].get(e)
+            rows.append(choose_density(e, stats, float(fixed) if fixed else None, own, t["retention"]))
+        cfg = with_thresholds(cfg, {experts[r["expert"]]: r["threshold"] for r in rows})
+    with atomic_file(snakemake.output.config) as fh:
+        yaml.safe_dump(cfg, fh, sort_keys=False)
+    with atomic_file(snakemake.output.choices) as fh:
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(fh, index=False)
+    print(yaml.safe_dump(cfg, sort_keys=False))
