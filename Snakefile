@@ -12,6 +12,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/ffg.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/evaluate.smk"

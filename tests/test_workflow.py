@@ -18,7 +18,7 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
     assert res.returncode == 0, res.stderr
     n_merges, n_points = 9, 5 * 3 * 4  # experts x (fisher, magnitude, fisher_rank1) x densities
     assert job_counts(res.stdout + res.stderr) == {
-        "demo_base": 1, "demo_expert": 5, "compress_moments": 5, "ffg": n_points, "merge_config": n_merges,
+        "demo_base": 1, "demo_expert": 5, "download": 6, "compress_moments": 5, "ffg": n_points, "merge_config": n_merges,
         "merge": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1, "sweep_summary": 1,
         "all": 1}
 

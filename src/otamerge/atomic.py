@@ -15,6 +15,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; results are shared files."""
+    os.chmod(path, mode & ~_umask())
+
+
 @contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder that becomes ``final`` only if the block succeeds."""
@@ -23,6 +34,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        _publish_mode(tmp, 0o777)
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(old)
@@ -46,6 +58,7 @@ def atomic_file(final: str | Path, mode: str = "w") -> Iterator[Any]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        _publish_mode(Path(tmp), 0o666)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

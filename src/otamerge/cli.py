@@ -127,6 +127,15 @@ def _cmd_thresholds(args: argparse.Namespace) -> None:
         print(f"{r['expert']}: density {r['density']:g}, threshold {r['threshold']:.6g} ({r['reason']})")
 
 
+def _cmd_download(args: argparse.Namespace) -> None:
+    from otamerge.download import Source, download
+
+    src = Source(name=args.name or args.source, ref=args.source, revision=args.revision,
+                 preconditioner=args.preconditioner)
+    out = download(src, args.dest)
+    print(f"{args.source} ready in {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otamerge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -136,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default="config/config.yaml", help="workflow config with a demo section")
     d.add_argument("--seed", type=int, default=None, help="override the config's seed")
     d.set_defaults(func=_cmd_demo_build)
+
+    dl = sub.add_parser("download", help="fetch a model (and its preconditioner) from the hub or a local folder")
+    dl.add_argument("source", help="hub repo id (owner/name) or local model folder")
+    dl.add_argument("dest", help="destination folder (appears only when every file is complete)")
+    dl.add_argument("--revision", default="main", help="branch, tag or commit (resolved commit is recorded)")
+    dl.add_argument("--preconditioner", help="exp_avg_sq file: repo_id/path, repo_id:path, a path in the "
+                    "model's repo, or a local path")
+    dl.add_argument("--name", help="model name for messages")
+    dl.set_defaults(func=_cmd_download)
 
     m = sub.add_parser("merge", help="merge models per a mergekit-style YAML config")
     m.add_argument("config", help="merge config (merge_method, base_model, models, parameters, dtype, ...)")

@@ -10,6 +10,14 @@ DEMO = config["demo"]["outdir"]
 EXPERTS = list(config["demo"]["experts"])
 MODELS = ["base", *EXPERTS]
 TASK = {e: spec["task"] for e, spec in config["demo"]["experts"].items()}
+# where each model comes from: the demo's own build (local folders) for now
+SOURCES = {
+    "base": {"source": f"{DEMO}/base", "preconditioner": None},
+    **{
+        e: {"source": f"{DEMO}/experts/{e}", "preconditioner": "export/exp_avg_sq.safetensors"}
+        for e in EXPERTS
+    },
+}
 # one spelling per sweep point: 0.1 and 0.10 are one job
 DENSITIES = sorted({density_label(d) for d in config["ffg"]["densities"]}, key=float)
 METRICS = config["ffg"]["metrics"]
@@ -19,6 +27,7 @@ BACKENDS = config["evaluation"]["backends"]
 
 wildcard_constraints:
     expert="|".join(EXPERTS),
+    name="|".join(MODELS),
     backend="|".join(BACKENDS),
     metric="fisher|fisher_rank1|magnitude",
     density=r"[0-9][0-9.e-]*",
@@ -26,28 +35,38 @@ wildcard_constraints:
     model=r"base|{}|ffg/[^/]+/[^/]+/[^/]+|merge/[^/]+".format("|".join(EXPERTS)),
 
 
+BASE = "results/models/base"
+
+
 def expert_dir(expert):
-    return f"{DEMO}/experts/{expert}"
+    """An expert as the download stage left it (weights, tokenizer, preconditioner)."""
+    return f"results/models/{expert}"
 
 
 def moments_file(expert, kind="full"):
-    """The expert's exp_avg_sq as trained, or its rank-1 compression."""
+    """The expert's exp_avg_sq as downloaded, or its rank-1 compression."""
     if kind == "rank1":
         return f"results/moments/{expert}/rank1.safetensors"
-    return f"{expert_dir(expert)}/export/exp_avg_sq.safetensors"
+    return f"{expert_dir(expert)}/preconditioner.safetensors"
 
 
 def moments_input(expert, kind="full"):
-    """What a job reading those moments depends on: trained moments live inside the
+    """What a job reading those moments depends on: downloaded moments live inside the
     expert's folder (a directory output), so the folder is the input."""
     return moments_file(expert, kind) if kind == "rank1" else expert_dir(expert)
+
+
+def download_input(wildcards):
+    """A source the demo builds is an output of the demo rules; hub sources have no input."""
+    src = SOURCES[wildcards.name]["source"]
+    return [src] if src.startswith(f"{DEMO}/") else []
 
 
 def model_dir(wildcards):
     """Folder of a model by its name in the score tables."""
     m = wildcards.model
     if m == "base":
-        return f"{DEMO}/base"
+        return BASE
     if m.startswith("ffg/"):
         return f"results/{m}"
     if m.startswith("merge/"):
@@ -82,7 +101,7 @@ def merge_config_inputs(wildcards):
     """Experts and moments; with FFG, the sweep points the thresholds are read from."""
     spec = MERGES[wildcards.merge]
     experts = merge_experts(wildcards.merge)
-    inputs = {"experts": [expert_dir(e) for e in experts], "base": f"{DEMO}/base"}
+    inputs = {"experts": [expert_dir(e) for e in experts], "base": BASE}
     if spec["method"] == "ota":
         inputs["moments"] = [moments_input(e, spec.get("moments", "full")) for e in experts]
     if spec.get("ffg"):

@@ -22,7 +22,7 @@ rule compress_moments:
 
 rule ffg:
     input:
-        base=f"{DEMO}/base",
+        base=BASE,
         expert=lambda wc: expert_dir(wc.expert),
         moments=lambda wc: (
             moments_input(wc.expert, ffg_moments_kind(wc.metric))

@@ -1,0 +1,187 @@
+"""Fetch a model (and its preconditioner) from the Hugging Face hub or a local folder.
+
+Only the files a merge needs are fetched (config, weights, tokenizer files, and the
+preconditioner), pinned to a revision whose resolved commit is recorded in
+``manifest.json`` next to the files. Downloads go to a fixed ``.<name>.partial`` folder
+beside the destination, so an interrupted run resumes there (huggingface_hub keeps its
+``.incomplete`` files), and the destination appears, by one rename, only when every
+file is complete. The hub token comes from the standard environment (HF_TOKEN) and is
+never written anywhere.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from otamerge.atomic import write_json
+from otamerge.errors import OtaMergeError
+from otamerge.resolve import split_hub_path
+
+MANIFEST = "manifest.json"
+PRECONDITIONER = "preconditioner"  # + the source's suffix: where the moments land in the folder
+NEEDED = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+          "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+          "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One model of the config: a hub repo id or a local folder, and its preconditioner."""
+
+    name: str
+    ref: str
+    revision: str = "main"
+    preconditioner: str | None = None
+
+
+def safe_relative(path: str, what: str) -> PurePosixPath:
+    """A repo file name as a relative path that cannot leave the destination folder."""
+    p = PurePosixPath(path)
+    if p.is_absolute() or ".." in p.parts or not p.parts or "\\" in path:
+        raise OtaMergeError(f"{what}: refusing path {path!r} (absolute or escaping the download folder)")
+    return p
+
+
+def needed(files: list[str]) -> list[str]:
+    """The repo files a merge needs (top-level weights, config and tokenizer files)."""
+    return sorted(f for f in files if "/" not in f and any(fnmatch.fnmatch(f, pat) for pat in NEEDED))
+
+
+def _is_local(ref: str) -> bool:
+    return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~"))
+
+
+def _repo_files(name: str, repo: str, revision: str) -> tuple[str, dict[str, int]]:
+    """(resolved commit, {path: size}) of a hub repo at a revision."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+    except RevisionNotFoundError:
+        raise OtaMergeError(f"{name}: revision {revision!r} not found in {repo}") from None
+    except RepositoryNotFoundError:
+        raise OtaMergeError(f"{name}: repository {repo} not found (or gated: set HF_TOKEN)") from None
+    except HfHubHTTPError as exc:
+        raise OtaMergeError(f"{name}: hub error for {repo}@{revision} ({exc.__class__.__name__})") from None
+    return info.sha, {s.rfilename: s.size or 0 for s in info.siblings or []}
+
+
+def _hub_plan(src: Source) -> tuple[str, list[tuple[str, str, int]], tuple[str, str, str] | None]:
+    """(commit, [(repo_id, path in repo, size)], preconditioner) of everything to fetch."""
+    commit, sizes = _repo_files(src.name, src.ref, src.revision)
+    files = [(src.ref, f, sizes[f]) for f in needed(list(sizes))]
+    if not any(f.endswith(".safetensors") for _, f, _ in files):
+        raise OtaMergeError(f"{src.name}: {src.ref}@{src.revision} has no safetensors weights")
+    pre = _preconditioner(src, commit)
+    if pre:
+        pre_sizes = sizes if pre[0] == src.ref else _repo_files(src.name, pre[0], pre[2])[1]
+        if pre[1] not in pre_sizes:
+            raise OtaMergeError(f"{src.name}: preconditioner {pre[1]} not found in {pre[0]} at revision {pre[2]}")
+        files.append((pre[0], pre[1], pre_sizes[pre[1]]))
+    return commit, files, pre
+
+
+def _preconditioner(src: Source, commit: str) -> tuple[str, str, str] | None:
+    """(repo_id, path, revision) of a hub preconditioner, or None if it is local/absent."""
+    if not src.preconditioner or _is_local(src.preconditioner):
+        return None
+    hub = split_hub_path(src.preconditioner)
+    if hub is None:  # a path inside the model's own repo
+        return src.ref, src.preconditioner, commit
+    return hub[0], hub[1], commit if hub[0] == src.ref else "main"
+
+
+def check_space(need: int, folder: Path, what: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise OtaMergeError(f"{what}: needs {need / 1e9:.2f} GB but {folder} has only {free / 1e9:.2f} GB free")
+
+
+def download(src: Source, dest: str | Path) -> Path:
+    """Fetch ``src`` into ``dest`` (model files, ``export``/preconditioner, manifest.json)."""
+    dest = Path(dest)
+    if (dest / MANIFEST).is_file():
+        return dest  # complete: a re-run downloads nothing
+    if _is_local(src.ref):
+        return _from_local(src, dest)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    commit, files, pre = _hub_plan(src)
+    partial = dest.with_name(f".{dest.name}.partial")
+    check_space(sum(size for *_, size in files), dest.parent, f"{src.name} ({src.ref})")
+    record = []
+    for i, (repo, path, _) in enumerate(files):
+        is_pre = pre is not None and i == len(files) - 1
+        rel = safe_relative(path, f"{src.name}: {repo}")
+        # the preconditioner gets a folder of its own: its repo path may clash with model files
+        where = partial / ".preconditioner" if is_pre else partial
+        revision = pre[2] if is_pre else commit
+        try:
+            got = Path(hf_hub_download(repo, str(rel), revision=revision, local_dir=where))
+        except EntryNotFoundError:
+            raise OtaMergeError(f"{src.name}: {path} not found in {repo} at revision {revision}") from None
+        except HfHubHTTPError as exc:
+            raise OtaMergeError(f"{src.name}: download of {repo}/{path}@{revision} failed "
+                                f"({exc.__class__.__name__})") from None
+        if is_pre:
+            got = got.replace(partial / (PRECONDITIONER + got.suffix))
+        record.append({"repo": repo, "path": str(got.relative_to(partial)), "revision": revision,
+                       "size": got.stat().st_size})
+    if src.preconditioner and pre is None:  # a local preconditioner for a hub model
+        record.append(_link_preconditioner(src, Path.cwd(), partial))
+    manifest = {"name": src.name, "source": src.ref, "revision": src.revision, "commit": commit,
+                "files": record}
+    for junk in (".cache", ".preconditioner"):
+        shutil.rmtree(partial / junk, ignore_errors=True)
+    return _finish(partial, dest, manifest)
+
+
+def _finish(partial: Path, dest: Path, manifest: dict) -> Path:
+    write_json(partial / MANIFEST, manifest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    partial.rename(dest)
+    return dest
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system: copy
+        shutil.copy2(src, dst)
+
+
+def _link_preconditioner(src: Source, folder: Path, partial: Path) -> dict:
+    p = Path(src.preconditioner).expanduser()
+    p = p if p.is_file() else folder / src.preconditioner
+    if not p.is_file():
+        raise OtaMergeError(f"{src.name}: preconditioner {src.preconditioner} not found")
+    target = partial / (PRECONDITIONER + p.suffix)
+    _link(p, target)
+    return {"path": target.name, "source": str(p.resolve()), "size": p.stat().st_size}
+
+
+def _from_local(src: Source, dest: Path) -> Path:
+    """A local folder: its needed files are hard-linked (copied across file systems)."""
+    folder = Path(src.ref).expanduser()
+    if not folder.is_dir():
+        raise OtaMergeError(f"{src.name}: local source {folder} is not a folder")
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    record = []
+    for f in needed([p.name for p in folder.iterdir() if p.is_file()]):
+        _link(folder / f, partial / f)
+        record.append({"path": f, "size": (folder / f).stat().st_size})
+    if src.preconditioner:
+        record.append(_link_preconditioner(src, folder, partial))
+    manifest = {"name": src.name, "source": str(folder.resolve()), "revision": None, "commit": None,
+                "files": record}
+    return _finish(partial, dest, manifest)

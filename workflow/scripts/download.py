@@ -1,0 +1,8 @@
+from otamerge.download import Source, download
+from otamerge.logs import to_file
+
+with to_file(snakemake.log[0]):
+    s = snakemake.params.source
+    src = Source(name=snakemake.wildcards.name, ref=s["source"], revision=s.get("revision", "main"),
+                 preconditioner=s.get("preconditioner"))
+    download(src, snakemake.output[0])
