@@ -23,6 +23,18 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
         "all": 1}
 
 
+def test_papers_config_validates_and_lists_the_whole_dag(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    validate(cfg, SCHEMA)
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stderr[-2000:]
+    experts = 6  # all six are swept; the merges use five of them
+    assert job_counts(res.stdout + res.stderr) == {
+        "download": 1 + experts, "compress_moments": 5, "ffg": experts * 2 * 5 + 5, "merge_config": 9,
+        "merge": 9, "all": 1}
+    assert "output: results/models/coding_tulu3" in res.stdout and "demo_base" not in res.stdout
+
+
 def test_lint_is_clean():
     res = snakemake(REPO, "--lint")
     assert res.returncode == 0 and "Lints for" not in res.stdout + res.stderr, res.stdout

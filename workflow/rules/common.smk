@@ -6,18 +6,25 @@ from otamerge.ffg import density_label
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-DEMO = config["demo"]["outdir"]
-EXPERTS = list(config["demo"]["experts"])
+if "demo" in config:  # the demo builds its own models, then "downloads" them from disk
+    DEMO = config["demo"]["outdir"]
+    SOURCES = {
+        "base": {"source": f"{DEMO}/base"},
+        **{
+            e: {
+                "source": f"{DEMO}/experts/{e}",
+                "preconditioner": "export/exp_avg_sq.safetensors",
+                "task": spec["task"],
+            }
+            for e, spec in config["demo"]["experts"].items()
+        },
+    }
+else:
+    DEMO = None
+    SOURCES = {"base": config["models"]["base"], **config["models"]["experts"]}
+EXPERTS = [m for m in SOURCES if m != "base"]
 MODELS = ["base", *EXPERTS]
-TASK = {e: spec["task"] for e, spec in config["demo"]["experts"].items()}
-# where each model comes from: the demo's own build (local folders) for now
-SOURCES = {
-    "base": {"source": f"{DEMO}/base", "preconditioner": None},
-    **{
-        e: {"source": f"{DEMO}/experts/{e}", "preconditioner": "export/exp_avg_sq.safetensors"}
-        for e in EXPERTS
-    },
-}
+TASK = {e: SOURCES[e].get("task") for e in EXPERTS}
 # one spelling per sweep point: 0.1 and 0.10 are one job
 DENSITIES = sorted({density_label(d) for d in config["ffg"]["densities"]}, key=float)
 METRICS = config["ffg"]["metrics"]
@@ -28,7 +35,7 @@ BACKENDS = config["evaluation"]["backends"]
 wildcard_constraints:
     expert="|".join(EXPERTS),
     name="|".join(MODELS),
-    backend="|".join(BACKENDS),
+    backend="|".join(BACKENDS) or "builtin",
     metric="fisher|fisher_rank1|magnitude",
     density=r"[0-9][0-9.e-]*",
     merge="|".join(MERGES) or "NO_MERGE",
@@ -59,7 +66,7 @@ def moments_input(expert, kind="full"):
 def download_input(wildcards):
     """A source the demo builds is an output of the demo rules; hub sources have no input."""
     src = SOURCES[wildcards.name]["source"]
-    return [src] if src.startswith(f"{DEMO}/") else []
+    return [src] if DEMO and src.startswith(f"{DEMO}/") else []
 
 
 def model_dir(wildcards):
@@ -143,10 +150,15 @@ def sweep_models():
 
 
 def get_final_output():
-    return [
-        "results/summary/scores.csv",
-        "results/summary/accuracy.md",
-        "results/summary/accuracy.json",
-        "results/summary/sweep.md",
-        "results/summary/thresholds.csv",
-    ]
+    """The summary tables where models are evaluated; else every merged model and the
+    thresholds it was made with."""
+    if "builtin" in BACKENDS:
+        return [
+            "results/summary/scores.csv",
+            "results/summary/accuracy.md",
+            "results/summary/accuracy.json",
+            "results/summary/sweep.md",
+            "results/summary/thresholds.csv",
+        ]
+    merges = [f"results/merges/{m}/{f}" for m in MERGES for f in ("model", "thresholds.csv")]
+    return merges + [f"results/ffg/{e}/{m}/{d}" for e in EXPERTS for m in METRICS for d in DENSITIES]

@@ -9,7 +9,7 @@ rule evaluate_builtin:
         "results/benchmarks/evaluate_builtin/{model}.tsv"
     params:
         tasks=config["evaluation"]["tasks"],
-        n=config["demo"]["n_eval"],
+        n=config.get("demo", {}).get("n_eval", 100),
         seed=config["seed"],
     threads: 1
     resources:
