@@ -136,6 +136,13 @@ def _cmd_download(args: argparse.Namespace) -> None:
     print(f"{args.source} ready in {out}")
 
 
+def _streaming_options(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that stream models tensor by tensor."""
+    p.add_argument("--chunk-mb", type=float, default=4, help="row chunk size per input, MiB of fp32 (bounds memory)")
+    p.add_argument("--out-shard-size", type=float, default=5, help="output shard size, GiB")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otamerge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,10 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("config", help="merge config (merge_method, base_model, models, parameters, dtype, ...)")
     m.add_argument("out_dir", help="output model folder (written atomically)")
     m.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
-    m.add_argument("--chunk-mb", type=float, default=4, help="row chunk size per input, MiB of fp32 (bounds memory)")
-    m.add_argument("--out-shard-size", type=float, default=5, help="output shard size, GiB")
     m.add_argument("--seed", type=int, default=0, help="seed of random masks (DARE)")
-    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    _streaming_options(m)
     m.set_defaults(func=_cmd_merge)
 
     f = sub.add_parser("ffg", help="Fast Fisher Grafting of one expert at one or more densities")
@@ -171,9 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--moments", help="expert's exp_avg_sq file, full or compressed (fisher metric)")
     f.add_argument("--density", type=float, nargs="+", required=True, help="fractions to keep, in (0, 1]")
     f.add_argument("--metric", default="fisher", choices=["fisher", "magnitude"])
-    f.add_argument("--chunk-mb", type=float, default=4, help="row chunk size, MiB of fp32")
-    f.add_argument("--out-shard-size", type=float, default=5, help="output shard size, GiB")
-    f.add_argument("--quiet", action="store_true")
+    _streaming_options(f)
     f.add_argument("out_dir", help="one model folder with statistics.json per density is written in it")
     f.set_defaults(func=_cmd_ffg)
 
