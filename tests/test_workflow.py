@@ -106,12 +106,18 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
 
 @pytest.mark.slow
 def test_full_demo_experts_beat_the_base_on_their_own_task(tmp_path):
-    """The default config, as `make demo` runs it: each expert gains >= 30 points."""
-    res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j2", config=default_config())
+    """The default config's models, as `make demo` builds them: each expert gains >= 30
+    points on its own task. (The rest of the chain runs in the tiny end-to-end test.)"""
+    cfg = default_config()
+    targets = [f"results/evaluation/builtin/{m}.json" for m in ["base", *cfg["demo"]["experts"]]]
+    res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j2", *targets, config=cfg)
     assert res.returncode == 0, res.stderr[-3000:]
-    matrix = yaml.safe_load((tmp_path / "results/summary/accuracy.json").read_text())
-    em = matrix["builtin"]["exact_match"]
+    em = {}
+    for t in targets:
+        for row in yaml.safe_load((tmp_path / t).read_text()):
+            if row["metric"] == "exact_match":
+                em.setdefault(row["model"], {})[row["task"]] = row["score"]
     print(pd.DataFrame(em).T.round(3).to_string())
-    for expert, spec in default_config()["demo"]["experts"].items():
+    for expert, spec in cfg["demo"]["experts"].items():
         assert em[expert][spec["task"]] - em["base"][spec["task"]] >= 0.30, expert
-    assert 0.1 <= em["base"]["average"] <= 0.5
+    assert 0.1 <= sum(em["base"].values()) / len(em["base"]) <= 0.5
