@@ -54,6 +54,7 @@ class Plan:
     models: list[Checkpoint]
     moments: list[Moments | None]
     out: list[TensorPlan]
+    whole_tensors: bool  # the method must see whole tensors (no row chunks)
 
 
 def make_plan(cfg: MergeConfig) -> Plan:
@@ -81,7 +82,8 @@ def make_plan(cfg: MergeConfig) -> Plan:
         if dt.is_floating_point:
             dt = cfg.out_dtype or cfg.dtype or dt
         out.append(TensorPlan(name, reference.shape(name), dt))
-    return Plan(names, reference, base, models, moments, out)
+    whole = cfg.method.whole_tensor(cfg.params, [m.params for m in cfg.models])
+    return Plan(names, reference, base, models, moments, out, whole)
 
 
 def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.device,
@@ -92,8 +94,7 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
         return
     dtypes = [c.dtype(name) for c in [*plan.models, *([plan.base] if plan.base else [])]]
     compute = torch.float64 if torch.float64 in dtypes else torch.float32
-    whole = cfg.method.whole_tensor(cfg.params, [m.params for m in cfg.models])
-    ranges = None if whole else row_ranges(tp.shape, opts.chunk_bytes)
+    ranges = None if plan.whole_tensors else row_ranges(tp.shape, opts.chunk_bytes)
     for rows in ranges or [None]:
         def load(ckpt: Checkpoint, key: str) -> torch.Tensor:
             return ckpt.get(key, rows).to(device=device, dtype=compute)
@@ -119,9 +120,9 @@ def _write_config(src: Path, out: Path, dtype: torch.dtype | None) -> None:
     config = json.loads(cfg_file.read_text())
     if dtype is not None:
         name = str(dtype).removeprefix("torch.")
-        for key in ("torch_dtype", "dtype"):
-            if key in config or key == "dtype":
-                config[key] = name
+        config["dtype"] = name
+        if "torch_dtype" in config:  # older transformers' key, kept consistent
+            config["torch_dtype"] = name
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     gen = src / "generation_config.json"
     if gen.is_file():
