@@ -33,6 +33,7 @@ def tiny_config() -> dict:
     demo["experts"] = {"add": {"task": "add"}, "rev": {"task": "reverse", "steps": 6}}
     cfg["ffg"] = {"densities": [0.1, 0.5], "metrics": ["fisher"]}
     cfg["merges"] = {k: cfg["merges"][k] for k in ("ota_ffg", "ties")}
+    cfg["evaluation"]["backends"] = ["builtin"]  # tests that need lm_eval add it
     return cfg
 
 

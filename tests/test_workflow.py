@@ -27,7 +27,9 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
     assert job_counts(res.stdout + res.stderr) == {
         "demo_base": 1, "demo_expert": 5, "download": 6, "compress_moments": 5, "ffg": n_points, "merge_config": n_merges,
         "merge": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1, "sweep_summary": 1,
-        "plots": 1, "all": 1}
+        "plots": 1, "all": 1,
+        # lm_eval scores the main table's models; the builtin evaluator also the sweep
+        "evaluate_lm_eval": 6 + n_merges}
 
 
 def test_papers_config_validates_and_lists_the_whole_dag(tmp_path):
@@ -96,6 +98,7 @@ def test_invalid_config_stops_before_any_job(tmp_path):
 def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     cfg = tiny_config()
     cfg["demo"]["threads"] = 1
+    cfg["evaluation"]["backends"] = ["builtin", "lm_eval"]
     run = snakemake(tmp_path / "wf", "--cores", "2", config=cfg)
     assert run.returncode == 0, run.stderr[-3000:]
     scores = pd.read_csv(tmp_path / "wf/results/summary/scores.csv")
@@ -104,11 +107,17 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     grafts = [f"ffg/{r.expert}/fisher/{r.density:g}" for r in chosen.itertuples()]
     # rows like the paper's main table: base, experts, grafted experts, merges; x tasks x metrics
     assert list(dict.fromkeys(scores.model)) == ["base", "add", "rev", *grafts, "merge/ota_ffg", "merge/ties"]
-    assert len(scores) == 7 * 5 * 2
-    for model, rows in scores.groupby("model"):  # the table's numbers are the evaluations' own
-        src = yaml.safe_load((tmp_path / f"wf/results/evaluation/builtin/{model}.json").read_text())
+    # builtin: 7 models x 5 tasks x 2 metrics; lm_eval: exact match of all but the grafts
+    # (their density is chosen automatically, known only after the builtin sweep)
+    assert len(scores) == 7 * 5 * 2 + 5 * 5 * 1
+    for (backend, model), rows in scores.groupby(["backend", "model"]):  # the evaluations' own numbers
+        src = yaml.safe_load((tmp_path / f"wf/results/evaluation/{backend}/{model}.json").read_text())
         assert sorted(zip(rows.task, rows.metric, rows.score)) == sorted(
             (r["task"], r["metric"], pytest.approx(r["score"], rel=1e-5)) for r in src)
+    exact = scores[scores.metric == "exact_match"].pivot_table(index=["model", "task"], columns="backend",
+                                                               values="score").dropna()
+    assert len(exact) == 25 and (exact.builtin == exact.lm_eval).all()
+    assert "## exact_match (lm_eval)" in (tmp_path / "wf/results/summary/accuracy.md").read_text()
     merged = yaml.safe_load((tmp_path / "wf/results/merges/ota_ffg/merge_config.yml").read_text())
     assert [m["parameters"]["precond_threshold"] for m in merged["models"]] == list(chosen.threshold)
     assert (tmp_path / "wf/logs/demo_expert/rev.log").stat().st_size > 0
@@ -135,7 +144,7 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     added = snakemake(tmp_path / "wf", "-n", config=denser)
     # the new point for each expert, its evaluation, and the aggregation downstream
     assert job_counts(added.stdout + added.stderr) == {
-        "ffg": 2, "evaluate_builtin": 2 + 1, "merge_config": 1, "merge": 1, "summary": 1, "sweep_summary": 1,
+        "ffg": 2, "evaluate_builtin": 2 + 1, "evaluate_lm_eval": 1, "merge_config": 1, "merge": 1, "summary": 1, "sweep_summary": 1,
         "plots": 1, "all": 1}
     outputs = [line for line in added.stdout.splitlines() if line.strip().startswith("output:")]
     assert any(o.strip() == "output: results/ffg/add/fisher/0.3" for o in outputs)

@@ -72,10 +72,10 @@ def sweep_curves(sweep_csv: str | Path, out: str | Path, score_metric: str) -> N
     _save(fig, out)
 
 
-def method_comparison(scores_csv: str | Path, out: str | Path, score_metric: str) -> None:
+def method_comparison(scores_csv: str | Path, out: str | Path, score_metric: str, backend: str = "builtin") -> None:
     """Average score over tasks per merge (bars), the base and each expert as lines."""
     s = pd.read_csv(scores_csv)
-    s = s[s.metric == score_metric]
+    s = s[(s.metric == score_metric) & (s.backend == backend)]
     avg = s.groupby("model", sort=False).score.mean()
     merges = avg[[m.startswith("merge/") for m in avg.index]].sort_values()
     refs = avg[[not (m.startswith("merge/") or m.startswith("ffg/")) for m in avg.index]]

@@ -165,14 +165,19 @@ def merge_config_params(wildcards):
     return params
 
 
-def olmes_tasks():
-    return config["evaluation"].get("olmes", {}).get("tasks", config["evaluation"]["tasks"])
+def backend_tasks(backend):
+    """An external evaluator's tasks: evaluation.<backend>.tasks, else evaluation.tasks."""
+    return config["evaluation"].get(backend, {}).get("tasks", config["evaluation"]["tasks"])
 
 
-def olmes_settings():
-    """How OLMES is run: executable, prefix, model type and args, batch size, GPUs, limit."""
-    olmes = config["evaluation"].get("olmes", {})
-    return {k: v for k, v in olmes.items() if k not in ("tasks", "api_keys")}
+def backend_settings(backend):
+    """How an external evaluator runs: evaluation.<backend> without its tasks and keys."""
+    return {k: v for k, v in config["evaluation"].get(backend, {}).items() if k not in ("tasks", "api_keys")}
+
+
+def all_tasks():
+    """Every backend's tasks, in the order the tables show them."""
+    return list(dict.fromkeys(config["evaluation"]["tasks"] + backend_tasks("olmes") + backend_tasks("lm_eval")))
 
 
 def require_api_keys():
@@ -180,15 +185,15 @@ def require_api_keys():
     if "olmes" not in BACKENDS:
         return
     for task, var in config["evaluation"].get("olmes", {}).get("api_keys", {}).items():
-        if task in olmes_tasks() and not os.environ.get(var):
+        if task in backend_tasks("olmes") and not os.environ.get(var):
             raise ValueError(f"evaluation task {task} needs the environment variable {var} (an API key)")
 
 
 require_api_keys()
 
 
-def evaluated(models):
-    return expand("results/evaluation/{backend}/{model}.json", backend=BACKENDS, model=models)
+def evaluated(models, backends=BACKENDS):
+    return expand("results/evaluation/{backend}/{model}.json", backend=backends, model=models)
 
 
 def sweep_models():
@@ -203,6 +208,15 @@ def graft_candidates():
     automatically every point of the merges' FFG metrics (the builtin evaluator scores
     them all anyway), else the fixed one."""
     return sorted({p for m in FFG_MERGES for p in ffg_points(m)})
+
+
+def graft_scores():
+    """Score files of candidate grafts. The builtin evaluator scores every candidate (it
+    scores the whole sweep anyway); external evaluators, minutes per model, only grafts at
+    fixed densities: an automatic choice is known only once the sweep is scored."""
+    fixed = [p for p in graft_candidates() if fixed_density(p.split("/")[1])]
+    external = [b for b in BACKENDS if b != "builtin"]
+    return evaluated(graft_candidates(), [b for b in BACKENDS if b == "builtin"]) + evaluated(fixed, external)
 
 
 def get_final_output():

@@ -33,8 +33,8 @@ rule evaluate_olmes:
     benchmark:
         "results/benchmarks/evaluate_olmes/{model}.tsv"
     params:
-        tasks=olmes_tasks(),
-        settings=olmes_settings(),
+        tasks=backend_tasks("olmes"),
+        settings=backend_settings("olmes"),
     threads: 4
     resources:
         mem_mb=scaled(8000, 4000),
@@ -44,3 +44,29 @@ rule evaluate_olmes:
         "../envs/otamerge.yaml"
     script:
         "../scripts/evaluate_olmes.py"
+
+
+rule evaluate_lm_eval:
+    input:
+        model_dir,
+    output:
+        scores="results/evaluation/lm_eval/{model}.json",
+        raw=directory("results/evaluation/lm_eval_raw/{model}"),
+    log:
+        "logs/evaluate_lm_eval/{model}.log",
+    benchmark:
+        "results/benchmarks/evaluate_lm_eval/{model}.tsv"
+    params:
+        tasks=backend_tasks("lm_eval"),
+        settings=backend_settings("lm_eval"),
+        n=config.get("demo", {}).get("n_eval", 100),
+        seed=config["seed"],
+    threads: 2
+    resources:
+        mem_mb=scaled(4000, 4000),
+        runtime=scaled(20, 60),
+        gpu=GPUS,
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/evaluate_lm_eval.py"

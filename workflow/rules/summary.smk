@@ -1,7 +1,7 @@
 rule summary:
     input:
         scores=evaluated(MODELS + [f"merge/{m}" for m in MERGES]),
-        grafts=evaluated(graft_candidates()),
+        grafts=graft_scores(),
         thresholds=expand("results/merges/{merge}/thresholds.csv", merge=FFG_MERGES),
     output:
         scores="results/summary/scores.csv",
@@ -14,7 +14,7 @@ rule summary:
     log:
         "logs/summary/summary.log",
     params:
-        tasks=list(dict.fromkeys(config["evaluation"]["tasks"] + olmes_tasks())),
+        tasks=all_tasks(),
         ffg_metrics=[MERGES[m]["ffg"] for m in FFG_MERGES],
     threads: 1
     resources:
@@ -28,7 +28,7 @@ rule summary:
 
 rule sweep_summary:
     input:
-        scores=evaluated(sweep_models()),
+        scores=evaluated(sweep_models(), ["builtin"]),
         thresholds=expand("results/merges/{merge}/thresholds.csv", merge=MERGES),
     output:
         sweep=report(

@@ -1,0 +1,9 @@
+from otamerge.atomic import write_json
+from otamerge.evaluation.lm_eval import evaluate
+from otamerge.logs import to_file
+
+with to_file(snakemake.log[0]):
+    p = snakemake.params
+    rows = evaluate(snakemake.input[0], snakemake.wildcards.model, p.tasks, snakemake.output.raw, p.settings,
+                    p.n, p.seed)
+    write_json(snakemake.output.scores, rows)
