@@ -25,8 +25,8 @@ def test_command_is_an_argument_list_with_demo_task_names_and_settings(tmp_path)
     assert cmd == ["conda", "run", "-n", "ev", "lm_eval", "--model", "hf", "--model_args",
                    "pretrained=/m/merge,dtype=bfloat16", "--tasks", "otamerge_add,gsm8k", "--output_path", "/o",
                    "--batch_size", "8", "--include_path", "/t", "--device", "cuda", "--limit", "10"]
-    # by default the lm_eval next to otamerge, through this interpreter
-    assert lm_eval_command("m", ["add"], "o")[:3] == [sys.executable, "-m", "lm_eval"]
+    # by default the lm_eval next to otamerge, through this interpreter and our runner
+    assert lm_eval_command("m", ["add"], "o")[:3] == [sys.executable, "-m", "otamerge.evaluation.lm_eval_run"]
 
 
 @pytest.mark.parametrize("model_dir, args", [("/m/a,b", {}), ("/m/a=b", {}), ("/m", {"dtype": "a,b"})])

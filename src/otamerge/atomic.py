@@ -6,6 +6,7 @@ POSIX file systems because source and target share a folder (and so a file syste
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -26,11 +27,23 @@ def _publish_mode(path: Path, mode: int) -> None:
     os.chmod(path, mode & ~_umask())
 
 
+def _clear_stale(final: Path) -> None:
+    """Remove what a killed writer of ``final`` left (kill -9 runs no cleanup). One output
+    has one writer at a time (Snakemake's lock and job graph), so these are not in use."""
+    stale = [p for kind in ("tmp", "old") for p in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*")]
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder that becomes ``final`` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
@@ -52,6 +65,7 @@ def atomic_file(final: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``final``; it replaces ``final`` on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     try:
         with os.fdopen(fd, mode) as fh:

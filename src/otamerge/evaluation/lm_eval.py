@@ -1,6 +1,6 @@
 """lm-evaluation-harness (``lm_eval``) as an evaluation backend, pip-installable.
 
-The command is an argument list (no shell): ``[*prefix, executable (default: python -m lm_eval), --model hf,
+The command is an argument list (no shell): ``[*prefix, executable (default: python -m otamerge.evaluation.lm_eval_run), --model hf,
 --model_args pretrained=DIR,..., --tasks T1,T2, --include_path DIR, --output_path OUT,
 ...]``. Tasks are lm_eval task names, or demo tasks: for those this module writes a task
 YAML over a local JSONL file of the demo's held-out prompts (no hub access), with the
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any, Sequence
 from otamerge.device import pick_device
 from otamerge.demo.tasks import TASKS, eval_set, get_task
 from otamerge.errors import OtaMergeError
+from otamerge.evaluation.external import prefix_words, run_evaluator
 from otamerge.evaluation.tidy import score_row
 
 BACKEND = "lm_eval"
@@ -82,10 +81,10 @@ def lm_eval_command(model_dir: str | Path, tasks: Sequence[str], out_dir: str | 
     for k, v in args.items():  # lm_eval splits --model_args at commas and '='
         if any(c in f"{k}{v}" for c in ",="):
             raise OtaMergeError(f"lm_eval: model argument {k}={v!r} may not contain ',' or '='")
-    pre = shlex.split(prefix) if isinstance(prefix, str) else list(prefix)
-    # default: the lm_eval installed next to otamerge (the `lm-eval` extra)
-    run = [executable] if executable else [sys.executable, "-m", "lm_eval"]
-    cmd = [*pre, *run, "--model", model,
+    # default: the lm_eval installed next to otamerge (the `lm-eval` extra), through a
+    # runner that skips indexing lm_eval's bundled tasks when only local ones are asked for
+    run = [executable] if executable else [sys.executable, "-m", "otamerge.evaluation.lm_eval_run"]
+    cmd = [*prefix_words(prefix), *run, "--model", model,
            "--model_args", ",".join(f"{k}={v}" for k, v in args.items()),
            "--tasks", ",".join(lm_eval_name(t) for t in tasks), "--output_path", str(out_dir),
            "--batch_size", str(batch_size)]
@@ -146,14 +145,5 @@ def evaluate(model_dir: str | Path, model: str, tasks: Sequence[str], out_dir: s
         cmd = lm_eval_command(model_dir, tasks, out_dir, include_path=include, **settings)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "HF_DATASETS_CACHE": str(Path(tmp) / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
-        print("running:", shlex.join(cmd), flush=True)
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        except OSError as exc:
-            raise OtaMergeError(f"lm_eval: cannot run {cmd[0]!r} ({exc.strerror}); set "
-                                "evaluation.lm_eval.executable or prefix in the config") from None
-    print(res.stdout, res.stderr, sep="\n", flush=True)
-    if res.returncode != 0:
-        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise OtaMergeError(f"lm_eval exited with {res.returncode} for {model_dir}: {tail[0]}")
+        run_evaluator(BACKEND, cmd, model_dir, env)
     return read_results(out_dir, model, tasks)

@@ -10,12 +10,11 @@ task's score is ``metrics.primary_score``; its name is ``task_config.metadata.al
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
 from otamerge.errors import OtaMergeError
+from otamerge.evaluation.external import prefix_words, run_evaluator
 from otamerge.evaluation.tidy import score_row
 
 BACKEND = "olmes"
@@ -28,8 +27,7 @@ def olmes_command(model_dir: str | Path, tasks: Sequence[str], out_dir: str | Pa
     """The OLMES command line for one model and its tasks."""
     if not tasks:
         raise OtaMergeError("olmes: no tasks to evaluate")
-    pre = shlex.split(prefix) if isinstance(prefix, str) else list(prefix)
-    cmd = [*pre, executable, "--model", str(model_dir), "--task", *tasks, "--output-dir", str(out_dir),
+    cmd = [*prefix_words(prefix), executable, "--model", str(model_dir), "--task", *tasks, "--output-dir", str(out_dir),
            "--model-type", model_type]
     if model_args:
         cmd += ["--model-args", json.dumps(model_args, sort_keys=True)]
@@ -63,15 +61,5 @@ def read_outputs(out_dir: str | Path, model: str, tasks: Sequence[str]) -> list[
 def evaluate(model_dir: str | Path, model: str, tasks: Sequence[str], out_dir: str | Path,
              settings: dict[str, Any]) -> list[dict]:
     """Run OLMES on one model (its output kept in ``out_dir``) and read its scores."""
-    cmd = olmes_command(model_dir, tasks, out_dir, **settings)
-    print("running:", shlex.join(cmd), flush=True)
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as exc:
-        raise OtaMergeError(f"olmes: cannot run {cmd[0]!r} ({exc.strerror}); set evaluation.olmes.executable "
-                            "or prefix in the config") from None
-    print(res.stdout, res.stderr, sep="\n", flush=True)
-    if res.returncode != 0:
-        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise OtaMergeError(f"olmes exited with {res.returncode} for {model_dir}: {tail[0]}")
+    run_evaluator(BACKEND, olmes_command(model_dir, tasks, out_dir, **settings), model_dir)
     return read_outputs(out_dir, model, tasks)
