@@ -43,8 +43,9 @@ DENSITIES = ["0.01", "0.05", "0.1", "0.2", "0.4"]
 # runs an otamerge subcommand in-process and records the bytes it read when it exits
 OURS = """
 import atexit, sys
+io_path = sys.argv[1]
 def report():
-    with open(sys.argv[1], "w") as fh:
+    with open(io_path, "w") as fh:
         fh.write(open("/proc/self/io").read())
 atexit.register(report)
 from otamerge.cli import main
@@ -72,7 +73,7 @@ def timed(cmd: list[str], env: dict, inputs: list[Path], cache: str) -> dict:
         if cmd[0] == "otamerge":
             cmd = [sys.executable, "-c", OURS, io.name, *cmd[1:]]
         res = subprocess.run(["/usr/bin/time", "-o", tm.name, "-f", "%e %M", *cmd], env=env,
-                             capture_output=True, text=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:4])}... failed ({res.returncode}): {res.stderr[-1500:]}")
         wall, rss_kb = tm.read().split()[-2:]
@@ -81,24 +82,25 @@ def timed(cmd: list[str], env: dict, inputs: list[Path], cache: str) -> dict:
     return {"wall_s": float(wall), "peak_rss_mib": int(rss_kb) / 1024, "read_bytes": read}
 
 
-def max_ulps(ours: Path, theirs: Path) -> float:
-    """Largest difference between two models' tensors in bf16 units in the last place."""
+def ulp_diff(ours: Path, theirs: Path) -> tuple[float, float]:
+    """Largest difference between two models' tensors in bf16 units in the last place, and
+    the share of entries more than 1 ulp apart."""
     def tensors(folder):
         for f in model_files(folder):
             with safe_open(str(f), "pt") as fh:
                 for k in fh.keys():
                     yield k, fh.get_tensor(k)
     mine = dict(tensors(ours))
-    worst, seen = 0.0, 0
+    worst, seen, off, total = 0.0, 0, 0, 0
     for k, t in tensors(theirs):
         a, b = mine[k].double(), t.double()
         mag = torch.maximum(a.abs(), b.abs()).clamp_min(torch.finfo(torch.bfloat16).tiny)
-        ulp = torch.pow(2.0, torch.frexp(mag).exponent.double() - 8)
-        worst = max(worst, float(((a - b).abs() / ulp).max()))
-        seen += 1
+        ulps = (a - b).abs() / torch.pow(2.0, torch.frexp(mag).exponent.double() - 8)
+        worst = max(worst, float(ulps.max()))
+        off, total, seen = off + int((ulps > 1).sum()), total + ulps.numel(), seen + 1
     if seen != len(mine):
         raise RuntimeError(f"{ours} and {theirs} hold different tensors")
-    return worst
+    return worst, off / total
 
 
 def cases(fam: dict[str, Path], rank1: dict[str, Path], work: Path, mergekit: str, shard_gb: float,
@@ -130,7 +132,8 @@ def cases(fam: dict[str, Path], rank1: dict[str, Path], work: Path, mergekit: st
                 "precond_threshold": 1e-14}} for e in experts]})
 
     ours = ["otamerge", "merge", "--quiet", "--device", device, "--out-shard-size", str(shard_gb)]
-    mk = [mergekit, "--out-shard-size", f"{int(shard_gb * 1000)}M", "--no-copy-tokenizer"]
+    # mergekit counts output shards in parameters (bf16 out: 2 bytes each)
+    mk = [mergekit, "--out-shard-size", str(int(shard_gb * 2**30 / 2)), "--no-copy-tokenizer"]
     linear_in = [f for e in experts for f in weights[e]]
     all_w = weights["base"] + linear_in
     return {
@@ -143,9 +146,9 @@ def cases(fam: dict[str, Path], rank1: dict[str, Path], work: Path, mergekit: st
         "ota_ffg/full": ([*ours, ota("full"), str(work / "ota_full")], all_w + list(moments.values())),
         "ota_ffg/read_full": (["cat"], all_w + list(moments.values())),
         "ota_ffg/rank1": ([*ours, ota("rank1"), str(work / "ota_rank1")], all_w + list(rank1.values())),
-        "ffg5/ours": (["otamerge", "ffg", "--quiet", "--device", device, "--base", str(fam["base"]),
-                       "--expert", str(fam["expert0"]), "--moments", str(moments["expert0"]),
-                       "--density", *DENSITIES, str(work / "ffg")], weights["base"] + weights["expert0"]
+        "ffg5/ours": (["otamerge", "ffg", str(work / "ffg"), "--quiet", "--device", device, "--base",
+                       str(fam["base"]), "--expert", str(fam["expert0"]), "--moments", str(moments["expert0"]),
+                       "--density", *DENSITIES], weights["base"] + weights["expert0"]
                       + [moments["expert0"]]),
         "ffg5/read": (["cat"], weights["base"] + weights["expert0"] + [moments["expert0"]]),
     }
@@ -174,7 +177,7 @@ def run_size(layers: int, args, work: Path, writer, rows: list) -> None:
             if name.endswith("mergekit") and not args.mergekit:
                 continue
             cmd = cmd + list(map(str, inputs)) if cmd == ["cat"] else cmd
-            out = Path(cmd[-1])
+            out = Path(cmd[2] if name.startswith("ffg5") else cmd[-1])
             if out.is_dir():  # each run writes afresh
                 subprocess.run(["rm", "-rf", str(out)], check=True)
             r = timed(cmd, env, inputs, args.cache)
@@ -186,10 +189,11 @@ def run_size(layers: int, args, work: Path, writer, rows: list) -> None:
             print(f"  {name:20s} rep {rep}: {r['wall_s']:7.2f} s {r['peak_rss_mib']:8.0f} MiB", flush=True)
     for m in ("linear", "ties"):
         if args.mergekit:
-            ulp = max_ulps(work / f"ours_{m}", work / f"mk_{m}")
-            row = {"layers": layers, "params": params, "case": f"{m}/max_ulps_vs_mergekit", "wall_s": ulp}
-            writer.writerow(row)
-            rows.append(row)
+            worst, share = ulp_diff(work / f"ours_{m}", work / f"mk_{m}")
+            for case, v in ((f"{m}/max_ulps_vs_mergekit", worst), (f"{m}/share_over_1_ulp", share)):
+                row = {"layers": layers, "params": params, "case": case, "wall_s": v}
+                writer.writerow(row)
+                rows.append(row)
     subprocess.run(["rm", "-rf", str(work / "family")], check=True)
 
 
@@ -206,7 +210,7 @@ def report(rows: list[dict], args) -> str:
            "|---|---|---|---|---|---|---|"]
     for L in sizes:
         p = next(r["params"] for r in rows if r["layers"] == L)
-        for case in dict.fromkeys(r["case"] for r in rows if r["layers"] == L and "ulps" not in r["case"]):
+        for case in dict.fromkeys(r["case"] for r in rows if r["layers"] == L and "ulp" not in r["case"]):
             read = median(rows, L, case, "read_bytes")
             out.append(f"| {L} | {p / 1e9:.3f}B | {case} | {median(rows, L, case, 'wall_s'):.2f} | "
                        f"{median(rows, L, case, 'peak_rss_mib'):.0f} | {read / 2**30:.2f} | "
@@ -223,6 +227,8 @@ def report(rows: list[dict], args) -> str:
                            f"{m(meth + '/ours', 'peak_rss_mib') / m(meth + '/mergekit', 'peak_rss_mib'):.2f} | <= 0.5 |")
                 out.append(f"| {L} | {meth}: max ulps vs mergekit (bf16) | {m(meth + '/max_ulps_vs_mergekit'):.2f} "
                            "| <= 1 |")
+                out.append(f"| {L} | {meth}: share of entries > 1 ulp apart | "
+                           f"{m(meth + '/share_over_1_ulp'):.2e} | 0 |")
         out.append(f"| {L} | OTA+FFG full: wall / reading its inputs | "
                    f"{m('ota_ffg/full') / m('ota_ffg/read_full'):.2f} | <= 3 |")
         out.append(f"| {L} | OTA+FFG: wall rank-1 / full moments | {m('ota_ffg/rank1') / m('ota_ffg/full'):.2f} "

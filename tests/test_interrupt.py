@@ -35,8 +35,9 @@ def commands(family, out: Path) -> dict[str, tuple[list[str], Path]]:
     cli = [sys.executable, "-m", "otamerge.cli"]
     return {
         "merge": ([*cli, "merge", "--quiet", *CHUNK, str(out / "c.yml"), str(out / "merged")], out / "merged"),
-        "ffg": ([*cli, "ffg", "--quiet", *CHUNK, "--base", str(family["base"]), "--expert", str(family["expert0"]),
-                 "--moments", str(family["expert0"] / MOMENTS), "--density", "0.1", "0.5", str(out / "ffg")],
+        "ffg": ([*cli, "ffg", str(out / "ffg"), "--quiet", *CHUNK, "--base", str(family["base"]),
+                 "--expert", str(family["expert0"]), "--moments", str(family["expert0"] / MOMENTS),
+                 "--density", "0.1", "0.5"],
                 out / "ffg"),
         "compress": ([*cli, "compress-moments", "--quiet", str(family["expert0"] / MOMENTS),
                       str(out / "rank1.safetensors")], out / "rank1.safetensors"),

@@ -236,3 +236,23 @@ def test_cuda_requested_without_cuda_is_a_clear_error(fam, tmp_path):
 
     with pytest.raises(OtaMergeError, match="device cuda requested but CUDA is not available"):
         run_merge(parse_config(ota_cfg(fam)), tmp_path / "o", MergeOptions(device="cuda", progress=False))
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "task_arithmetic"])
+def test_in_place_merging_of_owned_inputs_gives_the_same_bits_and_spares_borrowed_ones(method):
+    """The engine lets methods overwrite its own fresh copies (less memory); tensors a
+    caller lends (owned=False) come back untouched, and the result is the same."""
+    from otamerge.methods import METHODS
+    from otamerge.methods.base import TensorInputs
+
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(64, 33, generator=g)
+    models = [base + 0.01 * torch.randn(64, 33, generator=g) for _ in range(3)]
+    copies = [m.clone() for m in models]
+    mp = [{"weight": w, "density": 0.3, "gamma": 0.01} for w in (1.0, 0.5, 0.25)]
+    params = {"normalize": True, "rescale": method == "dare_ties", "lambda": 1.0, "int8_mask": False}
+    merge = METHODS[method].merge
+    lent = merge(TensorInputs("w", base, models, [None] * 3, mp, params, seed=2))
+    assert all(torch.equal(m, c) for m, c in zip(models, copies))
+    owned = merge(TensorInputs("w", base.clone(), copies, [None] * 3, mp, params, seed=2, owned=True))
+    assert torch.equal(lent.view(torch.int32), owned.view(torch.int32))

@@ -97,7 +97,11 @@ def _open(base_dir: Path, expert_dir: Path, moments_path: Path | None, metric: s
 
 def _chunks(inp: _Inputs, metric: str, opts: FfgOptions, desc: str):
     """(name, rows, expert chunk, base chunk, saliency chunk) over all float tensors."""
-    for name in tqdm(inp.names, desc=desc, unit="tensor", disable=not opts.progress):
+    sources = [c for c in (inp.expert, inp.base, inp.moments) if c is not None]
+    for i, name in enumerate(tqdm(inp.names, desc=desc, unit="tensor", disable=not opts.progress)):
+        if i + 1 < len(inp.names):  # read the next tensor while this one is worked on
+            for c in sources:
+                c.prefetch(inp.names[i + 1])
         for rows in row_ranges(inp.base.shape(name), opts.chunk_bytes) or [None]:
             e, b = inp.expert.get(name, rows).to(inp.device), inp.base.get(name, rows).to(inp.device)
             v = inp.moments.get(name, rows).to(inp.device) if inp.moments is not None else None

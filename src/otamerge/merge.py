@@ -102,6 +102,7 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
             model_params=[m.params for m in cfg.models],
             params=cfg.params,
             seed=opts.seed,
+            owned=True,  # read for this call only
         )
         writer.write(name, cfg.method.merge(inputs).to(tp.dtype))
 
@@ -138,7 +139,12 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
     tok_src = tokenizer_dir(cfg, plan)
     with atomic_dir(out_dir) as tmp:
         writer = ShardedWriter(tmp, plan.out, opts.out_shard_bytes)
-        for tp in tqdm(plan.out, desc=f"merge ({cfg.method.name})", unit="tensor", disable=not opts.progress):
+        inputs = [c for c in [plan.base, *plan.models, *plan.moments] if c is not None]
+        for i, tp in enumerate(tqdm(plan.out, desc=f"merge ({cfg.method.name})", unit="tensor",
+                                    disable=not opts.progress)):
+            if i + 1 < len(plan.out):  # the next tensor's bytes come in while this one is merged
+                for c in inputs:
+                    c.prefetch(plan.out[i + 1].name)
             _merge_tensor(cfg, plan, tp, device, opts, writer)
         writer.close()
         _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)

@@ -74,6 +74,10 @@ class Moments:
                 return key
         raise OtaMergeError(f"{self.label}: tensor {name} missing from moments file {self.path}")
 
+    def prefetch(self, name: str) -> None:
+        for key in (name, f"{name}.exp_avg_sq"):  # full moments; compressed ones are small
+            self.ckpt.prefetch(key)
+
     def shape(self, name: str) -> tuple[int, ...]:
         key = self._key(name)
         if key.endswith(".rank1.row"):

@@ -34,6 +34,7 @@ class TensorInputs:
     model_params: list[dict[str, Any]]
     params: dict[str, Any]
     seed: int = 0
+    owned: bool = False  # the engine's own fresh copies: a method may overwrite models in place
 
 
 @dataclass(frozen=True)

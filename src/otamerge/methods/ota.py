@@ -94,10 +94,48 @@ def _ties(taus: list[torch.Tensor], density: float | None) -> torch.Tensor:
     return (stacked * (stacked.sign() == sign)).mean(0)
 
 
+def _precond_fused(inputs: TensorInputs, vs: list[torch.Tensor], thresholds: list) -> torch.Tensor:
+    """The paper's mode (base, precond, no rescale) in few passes and few temporaries:
+    the same operations in the same order as the general path below, so the same bits,
+    but one expert at a time and in place (a third of the time on CPU)."""
+    p, base, models = inputs.params, inputs.base, inputs.models
+    eps = p["epsilon"]
+    kept = torch.zeros(base.shape, dtype=torch.uint8, device=base.device)
+    only = torch.zeros_like(base)
+    weights, taus, total = [], [], None
+    for x, v, thr, mp in zip(models, vs, thresholds, inputs.model_params):
+        t = x - base
+        w = v.pow(p["power"])
+        if mp["scaling_factor"] != 1:
+            w.mul_(mp["scaling_factor"])
+        w.add_(eps)
+        if thr is not None:
+            m = t.square().mul_(v) >= thr
+            w.mul_(m)
+        else:
+            m = torch.ones_like(kept, dtype=torch.bool)
+        kept.add_(m)
+        torch.where(m, x, only, out=only)  # where one expert keeps an entry: its value
+        total = w.clone() if total is None else total.add_(w)
+        weights.append(w)
+        taus.append(t)
+    merged = torch.zeros_like(base)
+    for w, t in zip(weights, taus):
+        merged.add_(w.div_(total).mul_(t))
+    merged.add_(base)
+    if any(t is not None for t in thresholds):
+        fallback = base if p["fallback_to_base"] else torch.stack(models).mean(0)
+        torch.where(kept == 0, fallback, merged, out=merged)
+    return torch.where(kept == 1, only, merged, out=merged)
+
+
 def ota(inputs: TensorInputs) -> torch.Tensor:
     p, name, base, models = inputs.params, inputs.name, inputs.base, inputs.models
     eps, thresholds = p["epsilon"], [mp["precond_threshold"] for mp in inputs.model_params]
     vs = [_moment(v, mp, name) for v, mp in zip(inputs.moments, inputs.model_params)]
+    if base is not None and p["masked_task_vector_merge_method"] == "precond" and not p["rescale"] \
+            and p["normalise"] == "none":
+        return _precond_fused(inputs, vs, thresholds)
     taus = [x - base for x in models] if base is not None else None
 
     masks = []

@@ -1,5 +1,8 @@
 """Per-tensor sparsification of task vectors: top-k by magnitude, breadcrumbs, DARE.
 
+The sparsifiers overwrite the task vector they are given (it is the merge's own copy):
+a TIES merge of an 8B model then holds no second copy of each expert's embedding.
+
 Selection is exact in count, with a documented tie rule: among equal magnitudes the
 element with the lower flat index ranks first (top-k keeps lower indices first; the
 breadcrumbs window, ranked ascending, also orders ties by lower index first). mergekit
@@ -19,8 +22,17 @@ def _fill_ties(mask: torch.Tensor, values: torch.Tensor, thr: torch.Tensor, need
 
 
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask (flat) of the k largest values, ties to lower indices first."""
-    return bottom_k_mask(-values, k)
+    """Boolean mask (flat) of the k largest values, ties to lower indices first (the
+    bottom k of -values, without a negated copy)."""
+    v = values.reshape(-1)
+    n = v.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=v.device)
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=v.device)
+    thr = torch.kthvalue(v, n - k + 1).values
+    mask = v > thr
+    return _fill_ties(mask, v, thr, k - int(mask.sum()))
 
 
 def bottom_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -36,17 +48,19 @@ def bottom_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     return _fill_ties(mask, v, thr, k - int(mask.sum()))
 
 
-def rescale_l1(original: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Scale ``masked`` to the L1 norm of ``original`` (mergekit's `rescale`)."""
-    before, after = original.abs().sum(), masked.abs().sum()
+def rescale_l1_(masked: torch.Tensor, before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Scale ``masked`` in place back to the L1 norm ``before`` it had (mergekit's `rescale`)."""
+    after = masked.abs().sum()
     if before < eps or after < eps:
         return masked
-    return masked * (before / after)
+    return masked.mul_(before / after)
 
 
 def _apply(delta: torch.Tensor, flat_mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    masked = delta * flat_mask.reshape(delta.shape).to(delta.dtype)
-    return rescale_l1(delta, masked) if rescale else masked
+    """Zero the dropped entries of ``delta`` in place (no copy of it, no float mask)."""
+    before = delta.abs().sum() if rescale else None
+    delta.mul_(flat_mask.reshape(delta.shape))
+    return rescale_l1_(delta, before) if rescale else delta
 
 
 def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
