@@ -256,3 +256,27 @@ def test_in_place_merging_of_owned_inputs_gives_the_same_bits_and_spares_borrowe
     assert all(torch.equal(m, c) for m, c in zip(models, copies))
     owned = merge(TensorInputs("w", base.clone(), copies, [None] * 3, mp, params, seed=2, owned=True))
     assert torch.equal(lent.view(torch.int32), owned.view(torch.int32))
+
+
+def test_top_k_of_a_large_tensor_by_radix_select_equals_kthvalue_with_ties():
+    """Above RADIX_MIN entries the k-th value comes from the radix select and ties are
+    found slice by slice: the masks equal the kthvalue path's, ties to lower indices."""
+    from otamerge.methods import sparsify
+
+    g = torch.Generator().manual_seed(0)
+    v = (torch.randn(sparsify.RADIX_MIN + 12345, generator=g) * 0.01).bfloat16().float().abs()  # many ties
+    v[:1000] = 0
+    for k in (1, 17, int(0.3 * v.numel()), v.numel() - 1):
+        radix = sparsify.top_k_mask(v, k), sparsify.bottom_k_mask(v, k)
+        small = sparsify.RADIX_MIN
+        try:
+            sparsify.RADIX_MIN = v.numel() + 1
+            direct = sparsify.top_k_mask(v, k), sparsify.bottom_k_mask(v, k)
+        finally:
+            sparsify.RADIX_MIN = small
+        assert torch.equal(radix[0], direct[0]) and torch.equal(radix[1], direct[1]), k
+        assert int(radix[0].sum()) == k == int(radix[1].sum())
+        thr = v[radix[0]].min()
+        ties = torch.nonzero(v == thr).flatten()
+        kept_ties = ties[radix[0][ties]]
+        assert torch.equal(kept_ties, ties[: kept_ties.numel()])  # the lowest indices first

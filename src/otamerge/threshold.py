@@ -42,6 +42,12 @@ def exact_thresholds(chunks: Chunks, densities: list[float]) -> tuple[list[float
 
     Keeping ``s >= threshold`` keeps k entries plus any ties at the threshold.
     """
+    return kth_largest(chunks, lambda total: [keep_count(d, total) for d in densities])
+
+
+def kth_largest(chunks: Chunks, ranks: Callable[[int], list[int]]) -> tuple[list[float], int]:
+    """The k-th largest value of non-negative chunks for each k in ``ranks(total)``
+    (1 <= k <= total), and the total count."""
     hi = None  # on the chunks' device (CPU or GPU)
     total = 0
     for s in chunks():
@@ -50,9 +56,9 @@ def exact_thresholds(chunks: Chunks, densities: list[float]) -> tuple[list[float
         counts = torch.bincount(b >> 16, minlength=BINS)
         hi = counts if hi is None else hi + counts
     if total == 0:
-        return [math.inf for _ in densities], 0
+        return [math.inf for _ in ranks(0)], 0
     hi = hi.cpu()
-    wanted = [_select(hi, keep_count(d, total)) for d in densities]
+    wanted = [_select(hi, k) for k in ranks(total)]
     lo = {b: torch.zeros(BINS, dtype=torch.int64) for b, _ in wanted}
     for s in chunks():
         b = _bits(s)

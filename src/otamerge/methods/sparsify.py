@@ -13,12 +13,36 @@ from __future__ import annotations
 
 import torch
 
+from otamerge.threshold import kth_largest
+
+# Large tensors are worked on in slices of RADIX_CHUNK entries, so that selecting the top
+# k of an 8B model's embedding needs tens of MB besides the tensor: from RADIX_MIN entries
+# on, the k-th value comes from a radix select (exact) instead of torch.kthvalue (a copy
+# plus int64 indices, 12 bytes an entry), and ties are found slice by slice.
+RADIX_MIN = 1 << 22
+RADIX_CHUNK = 1 << 20
+
 
 def _fill_ties(mask: torch.Tensor, values: torch.Tensor, thr: torch.Tensor, need: int) -> torch.Tensor:
-    if need > 0:
-        idx = torch.nonzero(values == thr).flatten()[:need]
-        mask[idx] = True
+    """Also keep the first ``need`` entries equal to ``thr``, found slice by slice (nonzero
+    over the whole tensor would allocate int64 indices for every entry)."""
+    start = 0
+    for part in values.split(RADIX_CHUNK):
+        if need <= 0:
+            break
+        idx = torch.nonzero(part == thr).flatten()[:need]
+        mask[start + idx] = True
+        need -= idx.numel()
+        start += part.numel()
     return mask
+
+
+def _kth_largest(v: torch.Tensor, k: int) -> torch.Tensor:
+    n = v.numel()
+    if n >= RADIX_MIN and v.dtype == torch.float32 and bool((v >= 0).all()):
+        (thr,), _ = kth_largest(lambda: v.split(RADIX_CHUNK), lambda total: [k])
+        return torch.tensor(thr, dtype=v.dtype, device=v.device)
+    return torch.kthvalue(v, n - k + 1).values
 
 
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -30,9 +54,9 @@ def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones(n, dtype=torch.bool, device=v.device)
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=v.device)
-    thr = torch.kthvalue(v, n - k + 1).values
+    thr = _kth_largest(v, k)
     mask = v > thr
-    return _fill_ties(mask, v, thr, k - int(mask.sum()))
+    return _fill_ties(mask, v, thr, k - int(torch.count_nonzero(mask)))  # sum() would make an int64 copy
 
 
 def bottom_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -43,9 +67,9 @@ def bottom_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones(n, dtype=torch.bool, device=v.device)
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=v.device)
-    thr = torch.kthvalue(v, k).values
+    thr = _kth_largest(v, n - k + 1)  # the k-th smallest
     mask = v < thr
-    return _fill_ties(mask, v, thr, k - int(mask.sum()))
+    return _fill_ties(mask, v, thr, k - int(torch.count_nonzero(mask)))  # sum() would make an int64 copy
 
 
 def rescale_l1_(masked: torch.Tensor, before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -59,7 +83,11 @@ def rescale_l1_(masked: torch.Tensor, before: torch.Tensor, eps: float = 1e-7) -
 def _apply(delta: torch.Tensor, flat_mask: torch.Tensor, rescale: bool) -> torch.Tensor:
     """Zero the dropped entries of ``delta`` in place (no copy of it, no float mask)."""
     before = delta.abs().sum() if rescale else None
-    delta.mul_(flat_mask.reshape(delta.shape))
+    if delta.is_contiguous():  # by slices: multiplying by a bool tensor makes a float copy of it
+        for d, m in zip(delta.view(-1).split(RADIX_CHUNK), flat_mask.split(RADIX_CHUNK)):
+            d.mul_(m)  # (not masked_fill: a dropped negative entry stays -0.0, as in mergekit)
+    else:
+        delta.mul_(flat_mask.reshape(delta.shape))
     return rescale_l1_(delta, before) if rescale else delta
 
 

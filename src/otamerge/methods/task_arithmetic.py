@@ -62,9 +62,11 @@ def task_arithmetic_family(sparsification: str | None, consensus: bool):
                   for i, (x, w) in enumerate(zip(inputs.models, weights))]
         if consensus:
             positive = _running_sum(d.clone() if i == 0 else d for i, d in enumerate(deltas)) >= 0
-            agree = [agreeing(d, positive) for d in deltas]
-            mixed = _running_sum(d.mul_(a) for d, a in zip(deltas, agree))
-            divisor = _running_sum(a.to(base.dtype).mul_(w) for a, w in zip(agree, weights))
+            mixed = divisor = None
+            for d, w in zip(deltas, weights):  # sums in the order of the models
+                agree = agreeing(d, positive)
+                mixed = d.mul_(agree) if mixed is None else mixed.add_(d.mul_(agree))
+                divisor = agree.to(base.dtype).mul_(w) if divisor is None else divisor.add_(agree, alpha=w)
             divisor.masked_fill_(divisor == 0, 1)
         else:
             mixed = _running_sum(deltas)
