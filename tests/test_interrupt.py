@@ -5,6 +5,7 @@ rerunning the same command gives the bytes of an uninterrupted run."""
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,8 @@ def family(tmp_path_factory):
     return make_family(tmp_path_factory.mktemp("fam"), n_experts=2, seed=3, hidden=64, layers=2)
 
 
-def commands(family, out: Path) -> dict[str, tuple[list[str], Path]]:
+def commands(family, out: Path) -> dict[str, tuple[list[str], list[Path]]]:
+    """Each job's command and its outputs (an FFG sweep writes one folder per density)."""
     cfg = {"merge_method": "ota", "base_model": str(family["base"]), "dtype": "float32",
            "parameters": {"epsilon": 1e-26, "power": 0.5},
            "models": [{"model": str(family[e]), "parameters": {"preconditioner_path": MOMENTS}}
@@ -34,13 +36,13 @@ def commands(family, out: Path) -> dict[str, tuple[list[str], Path]]:
     (out / "c.yml").write_text(yaml.safe_dump(cfg))
     cli = [sys.executable, "-m", "otamerge.cli"]
     return {
-        "merge": ([*cli, "merge", "--quiet", *CHUNK, str(out / "c.yml"), str(out / "merged")], out / "merged"),
+        "merge": ([*cli, "merge", "--quiet", *CHUNK, str(out / "c.yml"), str(out / "merged")], [out / "merged"]),
         "ffg": ([*cli, "ffg", str(out / "ffg"), "--quiet", *CHUNK, "--base", str(family["base"]),
                  "--expert", str(family["expert0"]), "--moments", str(family["expert0"] / MOMENTS),
                  "--density", "0.1", "0.5"],
-                out / "ffg"),
+                [out / "ffg/0.1", out / "ffg/0.5"]),
         "compress": ([*cli, "compress-moments", "--quiet", str(family["expert0"] / MOMENTS),
-                      str(out / "rank1.safetensors")], out / "rank1.safetensors"),
+                      str(out / "rank1.safetensors")], [out / "rank1.safetensors"]),
     }
 
 
@@ -50,24 +52,47 @@ def digest(path: Path) -> dict[str, str]:
     return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def run_and_kill(cmd: list[str], out: Path, after: float, reference: dict[str, str]) -> int:
-    """Start ``cmd``, watch ``out`` every millisecond, SIGKILL the process ``after``
-    seconds in. Returns how many times the output was seen (always complete)."""
+def digests(outs: list[Path]) -> list[dict[str, str]]:
+    return [digest(o) for o in outs]
+
+
+def writing(outs: list[Path]) -> bool:
+    """Whether a temporary output of the job exists (it has started writing)."""
+    return any(p.name.startswith(f".{o.name}.tmp") for o in outs for p in o.parent.glob(".*"))
+
+
+def run_and_kill(cmd: list[str], outs: list[Path], reference: list[dict[str, str]] | None,
+                 kill: tuple[str, float] | None = None) -> tuple[float, float]:
+    """Run ``cmd`` watching its outputs every millisecond: an output that exists must be
+    complete. ``kill`` = ("start", s): SIGKILL s seconds after the start; ("writing", s):
+    s seconds after the first temporary output appears. Returns (seconds until writing
+    began, seconds until the end)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    seen, deadline = 0, time.monotonic() + after
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists():
-            try:
-                got = digest(out)
-            except FileNotFoundError:  # replaced while being read: look again
-                continue
-            assert got == reference, f"{out} seen partial"
-            seen += 1
+    t0 = time.monotonic()
+    began = deadline = None
+    if kill and kill[0] == "start":
+        deadline = t0 + kill[1]
+    while proc.poll() is None:
+        now = time.monotonic()
+        if began is None and writing(outs):
+            began = now - t0
+            if kill and kill[0] == "writing":
+                deadline = now + kill[1]
+        if deadline is not None and now >= deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        for out, ref in zip(outs, reference or []):
+            if out.exists():
+                try:
+                    got = digest(out)
+                    if got != ref:  # or was it being replaced (renamed away) while read?
+                        got = digest(out) if out.exists() else ref
+                except FileNotFoundError:
+                    continue
+                assert got == ref, f"{out} seen partial"
         time.sleep(0.001)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    return seen
+    return (began if began is not None else time.monotonic() - t0), time.monotonic() - t0
 
 
 @pytest.mark.parametrize("job", list(TRIALS))
@@ -75,24 +100,29 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_bytes(family, tmp_path, job):
     ref_dir, work = tmp_path / "ref", tmp_path / "work"
     ref_dir.mkdir()
     work.mkdir()
-    cmd, out = commands(family, ref_dir)[job]
-    t = time.monotonic()
-    subprocess.run(cmd, check=True, capture_output=True)
-    full = time.monotonic() - t
-    reference = digest(out)
-    cmd, out = commands(family, work)[job]
+    cmd, outs = commands(family, ref_dir)[job]
+    began, full = run_and_kill(cmd, outs, None)  # uninterrupted: when writing begins and ends
+    reference = digests(outs)
+    cmd, outs = commands(family, work)[job]
     rng = random.Random(f"kill/{job}")
     killed_early = 0
-    for _ in range(TRIALS[job]):
-        after = rng.uniform(0.2, full)
-        run_and_kill(cmd, out, after, reference)
-        killed_early += not out.exists()
+    for trial in range(TRIALS[job]):
+        # half the kills at any moment of the run, half in the first 0.1 s of its writing
+        # (an FFG sweep of these small models writes its folders in about that long)
+        kill = ("start", rng.uniform(0.2, full)) if trial % 2 else ("writing", rng.uniform(0, 0.1))
+        for out in outs:  # as Snakemake does before it runs a job
+            shutil.rmtree(out) if out.is_dir() else out.unlink(missing_ok=True)
+        run_and_kill(cmd, outs, reference, kill)
+        killed_early += not all(o.exists() for o in outs)
         res = subprocess.run(cmd, capture_output=True, text=True)  # the rerun completes
         assert res.returncode == 0, res.stderr[-2000:]
-        assert digest(out) == reference
-        leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
-        assert leftovers == [], leftovers  # a killed run's temporary output is cleared by the next
-    print(f"{job}: uninterrupted {full:.2f} s, {killed_early} of {TRIALS[job]} kills before the output existed")
+        assert digests(outs) == reference
+        for out in outs:  # a killed run's temporary output is cleared by the next
+            leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+            assert leftovers == [], leftovers
+    print(f"{job}: uninterrupted {full:.2f} s (writing from {began:.2f} s), {killed_early} of {TRIALS[job]} "
+          "kills left an output missing")
+    assert killed_early >= 1  # some kills did interrupt the job (3/8, 3/6, 2/6 when written)
 
 
 def test_a_second_snakemake_on_the_same_results_is_refused_by_the_lock(tmp_path):

@@ -45,31 +45,26 @@ def _kth_largest(v: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(v, n - k + 1).values
 
 
-def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask (flat) of the k largest values, ties to lower indices first (the
-    bottom k of -values, without a negated copy)."""
+def _k_mask(values: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
     v = values.reshape(-1)
     n = v.numel()
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=v.device)
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=v.device)
-    thr = _kth_largest(v, k)
-    mask = v > thr
+    thr = _kth_largest(v, k if largest else n - k + 1)
+    mask = v > thr if largest else v < thr
     return _fill_ties(mask, v, thr, k - int(torch.count_nonzero(mask)))  # sum() would make an int64 copy
+
+
+def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask (flat) of the k largest values, ties to lower indices first."""
+    return _k_mask(values, k, largest=True)
 
 
 def bottom_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask (flat) of the k smallest values, ties to lower indices first."""
-    v = values.reshape(-1)
-    n = v.numel()
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=v.device)
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=v.device)
-    thr = _kth_largest(v, n - k + 1)  # the k-th smallest
-    mask = v < thr
-    return _fill_ties(mask, v, thr, k - int(torch.count_nonzero(mask)))  # sum() would make an int64 copy
+    return _k_mask(values, k, largest=False)
 
 
 def rescale_l1_(masked: torch.Tensor, before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
