@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -49,10 +51,12 @@ class HubServer:
         self.bytes_sent = 0  # body bytes of file transfers (resolve GETs)
         self.token_seen = False
         self._drops: dict[str, int] = {}
+        self.rate: float | None = None  # bytes per second of each file transfer (None: as fast as it goes)
         self._hashes: dict[tuple[Path, int, int], tuple[str, str]] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
+        self._httpd.handle_error = _quiet_on_hangup(self._httpd.handle_error)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def __enter__(self) -> HubServer:
@@ -225,13 +229,24 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             with path.open("rb") as f:
                 f.seek(start)
                 remaining = limit
-                while remaining > 0 and (chunk := f.read(min(remaining, 1 << 16))):
+                step = 1 << (12 if hub.rate else 16)
+                while remaining > 0 and (chunk := f.read(min(remaining, step))):
                     self.wfile.write(chunk)
+                    if hub.rate:
+                        time.sleep(len(chunk) / hub.rate)
                     remaining -= len(chunk)
                     with hub._lock:
                         hub.bytes_sent += len(chunk)
 
     return Handler
+
+
+def _quiet_on_hangup(handle_error: Any) -> Any:
+    """A client that hangs up mid-transfer (killed on purpose) is not a server error."""
+    def handle(request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            handle_error(request, client_address)
+    return handle
 
 
 def point_client_at(monkeypatch: Any, url: str, home: str | Path) -> None:

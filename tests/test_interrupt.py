@@ -1,6 +1,7 @@
-"""kill -9 at seeded random moments during a merge, an FFG sweep and a moment
-compression: while the job runs its output path is either absent or complete, and
-rerunning the same command gives the bytes of an uninterrupted run."""
+"""kill -9 at seeded random moments during a merge, an FFG sweep, a moment compression
+and a download (from a hub stand-in on 127.0.0.1, throttled): while the job runs its
+output path is either absent or complete, and rerunning the same command gives the bytes
+of an uninterrupted run."""
 
 import hashlib
 import os
@@ -16,15 +17,33 @@ import pytest
 import yaml
 
 from checkpoints import MOMENTS, make_family
+from hub_server import HubServer
 
 # tiny row chunks stretch a run of these small models over a few seconds
 CHUNK = ["--chunk-mb", "0.002"]
-TRIALS = {"merge": 8, "ffg": 6, "compress": 6}  # 20 in all
+TRIALS = {"merge": 8, "ffg": 6, "compress": 6, "download": 6}  # 26 in all
+REPO = "lab/expert"
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     return make_family(tmp_path_factory.mktemp("fam"), n_experts=2, seed=3, hidden=64, layers=2)
+
+
+@pytest.fixture(scope="module")
+def hub(family, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    shutil.copytree(family["expert0"], root / REPO / "main")
+    with HubServer(root, lfs_threshold=1 << 16) as server:
+        server.rate = 400_000  # the expert and its moments (0.8 MB) take about 2 s
+        yield server
+
+
+def hub_env(url: str, home: Path) -> dict[str, str]:
+    """The environment of a download from the stand-in (no token, no telemetry)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    return {**env, "HF_ENDPOINT": url, "HF_HOME": str(home), "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def commands(family, out: Path) -> dict[str, tuple[list[str], list[Path]]]:
@@ -43,6 +62,7 @@ def commands(family, out: Path) -> dict[str, tuple[list[str], list[Path]]]:
                 [out / "ffg/0.1", out / "ffg/0.5"]),
         "compress": ([*cli, "compress-moments", "--quiet", str(family["expert0"] / MOMENTS),
                       str(out / "rank1.safetensors")], [out / "rank1.safetensors"]),
+        "download": ([*cli, "download", REPO, str(out / "model"), "--preconditioner", MOMENTS], [out / "model"]),
     }
 
 
@@ -57,17 +77,19 @@ def digests(outs: list[Path]) -> list[dict[str, str]]:
 
 
 def writing(outs: list[Path]) -> bool:
-    """Whether a temporary output of the job exists (it has started writing)."""
-    return any(p.name.startswith(f".{o.name}.tmp") for o in outs for p in o.parent.glob(".*"))
+    """Whether a temporary output of the job (.NAME.tmp-*, a download's .NAME.partial)
+    exists: it has started writing."""
+    return any(p.name.startswith(f".{o.name}.") for o in outs for p in o.parent.glob(".*"))
 
 
 def run_and_kill(cmd: list[str], outs: list[Path], reference: list[dict[str, str]] | None,
-                 kill: tuple[str, float] | None = None) -> tuple[float, float]:
+                 kill: tuple[str, float] | None = None, env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run ``cmd`` watching its outputs every millisecond: an output that exists must be
     complete. ``kill`` = ("start", s): SIGKILL s seconds after the start; ("writing", s):
     s seconds after the first temporary output appears. Returns (seconds until writing
     began, seconds until the end)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
     t0 = time.monotonic()
     began = deadline = None
     if kill and kill[0] == "start":
@@ -96,12 +118,13 @@ def run_and_kill(cmd: list[str], outs: list[Path], reference: list[dict[str, str
 
 
 @pytest.mark.parametrize("job", list(TRIALS))
-def test_kill_9_then_rerun_gives_the_uninterrupted_bytes(family, tmp_path, job):
+def test_kill_9_then_rerun_gives_the_uninterrupted_bytes(family, hub, tmp_path, job):
     ref_dir, work = tmp_path / "ref", tmp_path / "work"
     ref_dir.mkdir()
     work.mkdir()
+    env = hub_env(hub.url, tmp_path / "hf")
     cmd, outs = commands(family, ref_dir)[job]
-    began, full = run_and_kill(cmd, outs, None)  # uninterrupted: when writing begins and ends
+    began, full = run_and_kill(cmd, outs, None, env=env)  # uninterrupted: when writing begins and ends
     reference = digests(outs)
     cmd, outs = commands(family, work)[job]
     rng = random.Random(f"kill/{job}")
@@ -112,9 +135,9 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_bytes(family, tmp_path, job):
         kill = ("start", rng.uniform(0.2, full)) if trial % 2 else ("writing", rng.uniform(0, 0.1))
         for out in outs:  # as Snakemake does before it runs a job
             shutil.rmtree(out) if out.is_dir() else out.unlink(missing_ok=True)
-        run_and_kill(cmd, outs, reference, kill)
+        run_and_kill(cmd, outs, reference, kill, env=env)
         killed_early += not all(o.exists() for o in outs)
-        res = subprocess.run(cmd, capture_output=True, text=True)  # the rerun completes
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)  # the rerun completes
         assert res.returncode == 0, res.stderr[-2000:]
         assert digests(outs) == reference
         for out in outs:  # a killed run's temporary output is cleared by the next

@@ -6,6 +6,7 @@ POSIX file systems because source and target share a folder (and so a file syste
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -14,6 +15,11 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from otamerge.errors import OtaMergeError
+
+# a full disk, a full quota, a file size limit (ulimit -f)
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _umask() -> int:
@@ -25,6 +31,31 @@ def _umask() -> int:
 def _publish_mode(path: Path, mode: int) -> None:
     """mkstemp/mkdtemp create private (0600/0700) entries; results are shared files."""
     os.chmod(path, mode & ~_umask())
+
+
+def check_space(need: int, folder: Path, what: str) -> None:
+    """Refuse to start a job whose ``need`` bytes do not fit in ``folder``'s free space."""
+    where = folder.absolute()
+    while not where.exists():  # (the output folders are made later, and only on success)
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise OtaMergeError(f"{what}: needs {_size(need)} but {where} has only {_size(free)} free")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
+
+
+def _failed(exc: BaseException, final: Path) -> None:
+    """Say plainly that the disk filled up while ``final`` was written (its temporary
+    output is already removed); other errors propagate unchanged."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        raise OtaMergeError(f"no space left while writing {final} ({exc.strerror}); nothing was written: "
+                            "free space (or raise the quota) and rerun") from None
 
 
 def _clear_stale(final: Path) -> None:
@@ -55,8 +86,9 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _failed(exc, final)
         raise
 
 
@@ -74,8 +106,9 @@ def atomic_file(final: str | Path, mode: str = "w") -> Iterator[Any]:
             os.fsync(fh.fileno())
         _publish_mode(Path(tmp), 0o666)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _failed(exc, final)
         raise
 
 

@@ -10,12 +10,14 @@ staying bounded by the chunk.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
 from otamerge.errors import OtaMergeError
+from otamerge.model_config import check_config
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -41,6 +43,8 @@ class Checkpoint:
         else:  # a single file: its own header lists the tensors
             f = self.path if self.path.is_file() else self.path / SINGLE_FILE
             self._where = {n: f for n in self._open(f).keys()}
+        if self.path.is_dir():
+            check_config(self.path, self.label, self.names(), self.shape)
 
     def _open(self, f: Path) -> "_Shard":
         if f not in self._handles:
@@ -93,37 +97,74 @@ _DTYPES = {
 }
 
 
+MAX_HEADER = 100_000_000  # the safetensors format's limit on the header's length
+
+
+def _metadata(raw: object) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ValueError("__metadata__ must map names to strings")
+    return raw
+
+
+def _entry(name: str, info: object) -> tuple[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
+    """One header entry checked: a known dtype, a shape of non-negative integers and
+    offsets whose span is exactly the bytes of that dtype and shape."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise ValueError(f"tensor {name}: entry must have exactly dtype, shape and data_offsets")
+    if not isinstance(info["dtype"], str) or info["dtype"] not in _DTYPES:
+        raise ValueError(f"tensor {name}: unknown dtype {info['dtype']!r}")
+    dtype, shape, offsets = _DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"tensor {name}: shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(x) is int for x in offsets):
+        raise ValueError(f"tensor {name}: data_offsets {offsets!r} is not a pair of integers")
+    a, b = offsets
+    if a < 0 or b - a != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"tensor {name}: offsets {a}..{b} do not fit its dtype {info['dtype']} and shape {shape}")
+    return name, (dtype, tuple(shape), a, b)
+
+
+def _check_layout(tensors: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]], data_bytes: int) -> None:
+    """Tensors tile the data buffer exactly, as the format requires: no gap, no overlap
+    (a header that points two tensors at the same bytes is lying), no byte missing."""
+    end = 0
+    for name, (_, _, a, b) in sorted(tensors.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if a != end:
+            raise ValueError(f"tensor {name}: data starts at byte {a}, expected {end} (overlap or gap)")
+        end = b
+    if end > data_bytes:
+        raise ValueError(f"file is truncated ({data_bytes} data bytes, the header needs {end})")
+    if end < data_bytes:
+        raise ValueError(f"{data_bytes - end} bytes after the last tensor")
+
+
 class _Shard:
     """One safetensors file: its parsed header and an open descriptor for positioned reads."""
 
     def __init__(self, path: Path, label: str):
         self.path, self.label = path, label
-        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise OtaMergeError(f"{label}: cannot open {path}: {exc.strerror}") from None
         try:
             size = os.fstat(self.fd).st_size
             head = os.pread(self.fd, 8, 0)
             n = int.from_bytes(head, "little") if len(head) == 8 else -1
             if n <= 0 or 8 + n > size:
                 raise ValueError("header length beyond the end of the file")
+            if n > MAX_HEADER:
+                raise ValueError(f"header of {n} bytes (the format allows {MAX_HEADER})")
             header = json.loads(os.pread(self.fd, n, 8))
-            self.metadata = header.pop("__metadata__", None) or {}
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+            self.metadata = _metadata(header.pop("__metadata__", None))
             self.data_start = 8 + n
-            self.tensors: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
-            end = 0
-            for name, info in header.items():
-                dtype = _DTYPES[info["dtype"]]
-                shape = tuple(int(d) for d in info["shape"])
-                a, b = (int(x) for x in info["data_offsets"])
-                numel = 1
-                for d in shape:
-                    numel *= d
-                if a < 0 or b - a != numel * dtype.itemsize:
-                    raise ValueError(f"tensor {name}: offsets {a}..{b} do not fit its dtype and shape")
-                self.tensors[name] = (dtype, shape, a, b)
-                end = max(end, b)
-            if self.data_start + end > size:
-                raise ValueError(f"file is truncated ({size} bytes, the header needs {self.data_start + end})")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.tensors = dict(_entry(name, info) for name, info in header.items())
+            _check_layout(self.tensors, size - self.data_start)
+        except (ValueError, RecursionError) as exc:  # (RecursionError: absurdly nested JSON)
             os.close(self.fd)
             raise OtaMergeError(f"{label}: {path} is not a valid safetensors file ({exc})") from None
 

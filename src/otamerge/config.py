@@ -87,6 +87,11 @@ def _coerce(param: Param, value: Any, where: str) -> Any:
     return out
 
 
+def _given(value: Any, otherwise: Any) -> Any:
+    """A value left empty in YAML (``epsilon:`` or ``null``) means "not set"."""
+    return otherwise if value is None else value
+
+
 def resolve_params(method: MergeMethod, global_raw: dict[str, Any],
                    models_raw: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Global values and each model's values (its own, else the global one, else the
@@ -105,7 +110,7 @@ def resolve_params(method: MergeMethod, global_raw: dict[str, Any],
     glob = {}
     for p in method.params:
         if not p.per_model:
-            value = global_raw.get(p.name, p.default)
+            value = _given(global_raw.get(p.name), p.default)
             if value is REQUIRED:
                 raise OtaMergeError(f"parameters: {method.name} needs parameter {p.name!r}")
             glob[p.name] = _coerce(p, value, "parameters")
@@ -114,7 +119,7 @@ def resolve_params(method: MergeMethod, global_raw: dict[str, Any],
         values = {}
         for p in method.params:
             if p.per_model:
-                value = raw.get(p.name, global_raw.get(p.name, p.default))
+                value = _given(raw.get(p.name), _given(global_raw.get(p.name), p.default))
                 if value is REQUIRED:
                     raise OtaMergeError(f"model {ref}: {method.name} needs parameter {p.name!r}")
                 values[p.name] = _coerce(p, value, f"model {ref}")

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from otamerge.atomic import write_json
+from otamerge.atomic import check_space, write_json
 from otamerge.errors import OtaMergeError
 from otamerge.resolve import split_hub_path
 
@@ -94,13 +94,6 @@ def _preconditioner(src: Source, commit: str) -> tuple[str, str, str] | None:
     if hub is None:  # a path inside the model's own repo
         return src.ref, src.preconditioner, commit
     return hub[0], hub[1], commit if hub[0] == src.ref else "main"
-
-
-def check_space(need: int, folder: Path, what: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if need > free:
-        raise OtaMergeError(f"{what}: needs {need / 1e9:.2f} GB but {folder} has only {free / 1e9:.2f} GB free")
 
 
 def download(src: Source, dest: str | Path) -> Path:

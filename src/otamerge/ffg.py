@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from otamerge.atomic import atomic_dir, write_json
+from otamerge.atomic import atomic_dir, check_space, write_json
 from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.densities import check_density, density_label
 from otamerge.device import pick_device
@@ -117,6 +117,9 @@ def ffg_sweep(base_dir: str | Path, expert_dir: str | Path, moments_path: str | 
     base_dir, expert_dir, out_dir = Path(base_dir), Path(expert_dir), Path(out_dir)
     inp = _open(base_dir, expert_dir, Path(moments_path) if moments_path else None, metric, opts.device)
     try:
+        model_bytes = sum(TensorPlan(n, inp.base.shape(n), inp.expert.dtype(n)).nbytes for n in inp.base.names())
+        check_space(len(densities) * model_bytes, out_dir, f"FFG of {expert_dir} at {len(densities)} densities")
+
         def sal():
             return (s for *_, s in _chunks(inp, metric, opts, "FFG thresholds"))
 

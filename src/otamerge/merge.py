@@ -16,12 +16,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from otamerge.atomic import atomic_dir
+from otamerge.atomic import atomic_dir, check_space
 from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.config import MergeConfig
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.methods.base import TensorInputs
+from otamerge.model_config import read_config
 from otamerge.moments import Moments
 from otamerge.resolve import resolve_model, resolve_preconditioner
 from otamerge.tokenizer_source import copy_tokenizer, tokenizer_dir
@@ -108,10 +109,9 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
 
 
 def _write_config(src: Path, out: Path, dtype: torch.dtype | None) -> None:
-    cfg_file = src / "config.json"
-    if not cfg_file.is_file():
+    config = read_config(src, str(src))
+    if config is None:
         return
-    config = json.loads(cfg_file.read_text())
     if dtype is not None:
         name = str(dtype).removeprefix("torch.")
         config["dtype"] = name
@@ -137,6 +137,7 @@ def run_merge(cfg: MergeConfig, out_dir: str | Path, opts: MergeOptions = MergeO
 
 def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.device, opts: MergeOptions) -> None:
     tok_src = tokenizer_dir(cfg, plan)
+    check_space(sum(tp.nbytes for tp in plan.out), Path(out_dir).parent, f"merge into {out_dir}")
     with atomic_dir(out_dir) as tmp:
         writer = ShardedWriter(tmp, plan.out, opts.out_shard_bytes)
         inputs = [c for c in [plan.base, *plan.models, *plan.moments] if c is not None]
