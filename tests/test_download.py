@@ -118,6 +118,24 @@ def test_repo_paths_escaping_the_folder_are_refused():
     assert str(dl.safe_relative("export/exp_avg_sq.safetensors", "t")) == "export/exp_avg_sq.safetensors"
 
 
+@pytest.mark.parametrize("pre", ["export/../../../secret.safetensors", f"{REPO}:../x.safetensors",
+                                 f"{OTHER}/../../x.safetensors"])
+def test_a_hub_preconditioner_escaping_its_repo_is_refused_before_any_transfer(hub, tmp_path, capsys, pre):
+    assert main(["download", REPO, str(tmp_path / "m"), "--preconditioner", pre]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refusing path" in err and "escaping the download folder" in err, err
+    assert hub.transfers() == [] and not (tmp_path / "m").exists() and not (tmp_path / ".m.partial").exists()
+
+
+def test_a_local_preconditioner_escaping_the_model_folder_is_refused(family, tmp_path, capsys):
+    model = tmp_path / "models/m"
+    shutil.copytree(family["expert0"], model)
+    shutil.copyfile(family["expert0"] / MOMENTS, tmp_path / "secret.safetensors")
+    assert main(["download", str(model), str(tmp_path / "out"), "--preconditioner", "../../secret.safetensors"]) == 1
+    assert "refusing path '../../secret.safetensors'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
 def test_local_sources_are_linked_with_their_preconditioner(family, tmp_path):
     out = dl.download(dl.Source("math", str(family["expert0"]), preconditioner="export/exp_avg_sq.safetensors"),
                       tmp_path / "m")

@@ -95,6 +95,19 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("bad", ["add;touch PWNED", "$(touch PWNED)", "a b", "x'y", "../up"])
+def test_names_that_could_reach_a_shell_or_escape_a_folder_are_refused(tmp_path, bad):
+    """Expert names become wildcards, paths and job names in PBS/SLURM submissions: the
+    schema admits only letters, digits and _ . - so no value can carry a metacharacter."""
+    cfg = default_config()
+    cfg["demo"]["experts"][bad] = cfg["demo"]["experts"].pop("add")
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "does not match '^[A-Za-z0-9][A-Za-z0-9_.-]*$'" in out, out[-2000:]
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "resources").exists()
+
+
 def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     cfg = tiny_config()
     cfg["demo"]["threads"] = 1

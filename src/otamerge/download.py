@@ -15,11 +15,11 @@ import fnmatch
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from otamerge.atomic import check_space, write_json
 from otamerge.errors import OtaMergeError
-from otamerge.resolve import split_hub_path
+from otamerge.resolve import safe_relative, split_hub_path
 
 MANIFEST = "manifest.json"
 PRECONDITIONER = "preconditioner"  # + the source's suffix: where the moments land in the folder
@@ -36,14 +36,6 @@ class Source:
     ref: str
     revision: str = "main"
     preconditioner: str | None = None
-
-
-def safe_relative(path: str, what: str) -> PurePosixPath:
-    """A repo file name as a relative path that cannot leave the destination folder."""
-    p = PurePosixPath(path)
-    if p.is_absolute() or ".." in p.parts or not p.parts or "\\" in path:
-        raise OtaMergeError(f"{what}: refusing path {path!r} (absolute or escaping the download folder)")
-    return p
 
 
 def needed(files: list[str]) -> list[str]:
@@ -90,10 +82,9 @@ def _preconditioner(src: Source, commit: str) -> tuple[str, str, str] | None:
     """(repo_id, path, revision) of a hub preconditioner, or None if it is local/absent."""
     if not src.preconditioner or _is_local(src.preconditioner):
         return None
-    hub = split_hub_path(src.preconditioner)
-    if hub is None:  # a path inside the model's own repo
-        return src.ref, src.preconditioner, commit
-    return hub[0], hub[1], commit if hub[0] == src.ref else "main"
+    hub = split_hub_path(src.preconditioner) or (src.ref, src.preconditioner)  # (else in the model's repo)
+    path = str(safe_relative(hub[1], f"{src.name}: preconditioner"))
+    return hub[0], path, commit if hub[0] == src.ref else "main"
 
 
 def download(src: Source, dest: str | Path) -> Path:
@@ -152,8 +143,8 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def _link_preconditioner(src: Source, folder: Path, partial: Path) -> dict:
-    p = Path(src.preconditioner).expanduser()
-    p = p if p.is_file() else folder / src.preconditioner
+    p = Path(src.preconditioner).expanduser()  # a file named as it is, else one inside the model's folder
+    p = p if p.is_file() else folder / safe_relative(src.preconditioner, f"{src.name}: preconditioner")
     if not p.is_file():
         raise OtaMergeError(f"{src.name}: preconditioner {src.preconditioner} not found")
     target = partial / (PRECONDITIONER + p.suffix)
@@ -170,11 +161,15 @@ def _from_local(src: Source, dest: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     record = []
-    for f in needed([p.name for p in folder.iterdir() if p.is_file()]):
-        _link(folder / f, partial / f)
-        record.append({"path": f, "size": (folder / f).stat().st_size})
-    if src.preconditioner:
-        record.append(_link_preconditioner(src, folder, partial))
+    try:
+        for f in needed([p.name for p in folder.iterdir() if p.is_file()]):
+            _link(folder / f, partial / f)
+            record.append({"path": f, "size": (folder / f).stat().st_size})
+        if src.preconditioner:
+            record.append(_link_preconditioner(src, folder, partial))
+    except BaseException:  # links are cheap to redo: leave nothing (a hub download keeps its partial to resume)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     manifest = {"name": src.name, "source": str(folder.resolve()), "revision": None, "commit": None,
                 "files": record}
     return _finish(partial, dest, manifest)

@@ -6,7 +6,7 @@ HF_HUB_OFFLINE apply); the download stage fetches them ahead of a merge.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from otamerge.errors import OtaMergeError
 
@@ -29,6 +29,21 @@ def resolve_model(ref: str) -> Path:
                             f"({type(exc).__name__})") from None
 
 
+def _escapes(path: str) -> str | None:
+    p = PurePosixPath(path)
+    if p.is_absolute() or ".." in p.parts or not p.parts or "\\" in path:
+        return "absolute or escaping the download folder"
+    return None
+
+
+def safe_relative(path: str, what: str) -> PurePosixPath:
+    """A path inside a repo or model folder that cannot leave it (no .., not absolute)."""
+    why = _escapes(path)
+    if why:
+        raise OtaMergeError(f"{what}: refusing path {path!r} ({why})")
+    return PurePosixPath(path)
+
+
 def split_hub_path(ref: str) -> tuple[str, str] | None:
     """``repo_id:path`` or ``owner/name/path/in/repo`` -> (repo_id, path); None otherwise."""
     if ":" in ref and "/" in ref.split(":", 1)[0]:
@@ -43,11 +58,15 @@ def split_hub_path(ref: str) -> tuple[str, str] | None:
 def resolve_preconditioner(ref: str, model_dir: Path, model: str) -> Path:
     """A local moments file: ``ref`` as a path (also relative to the model's folder),
     else a hub file given as ``repo_id/path`` or ``repo_id:path``."""
-    for candidate in (Path(ref).expanduser(), model_dir / ref):
+    candidates = [Path(ref).expanduser()]  # a file named as it is, else one inside the model's folder
+    if _escapes(ref) is None:
+        candidates.append(model_dir / ref)
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     hub = split_hub_path(ref)
     if hub is not None:
+        safe_relative(hub[1], f"model {model}: preconditioner_path")
         try:
             from huggingface_hub import hf_hub_download
 

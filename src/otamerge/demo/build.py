@@ -61,8 +61,9 @@ def build_expert(base_dir: str | Path, out_dir: str | Path, task: str, seed: int
     together with its AdamW second moments."""
     get_task(task)
     torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True,
+                                                 trust_remote_code=False)
     exclude = held_out_prompts(n_eval, seed)
     sample = mixture_sampler([task], restricted=False, exclude=exclude)
     replay = mixture_sampler(list(TASKS), restricted=True, exclude=exclude)
