@@ -1,7 +1,9 @@
 import base64
 import copy
+import hashlib
 import os
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -108,6 +110,48 @@ def test_names_that_could_reach_a_shell_or_escape_a_folder_are_refused(tmp_path,
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "resources").exists()
 
 
+def _digests(root: Path, pattern: str) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob(pattern)) if p.is_file()}
+
+
+def _parallel_run_writes_the_same_bytes_and_only_declared_files(tmp_path: Path, cfg: dict) -> None:
+    """The same workflow from scratch at -j4: every model file (demo, grafts, merges) has
+    the sha256 of the first run's (made at --cores 2) and every score is equal; and every
+    file it wrote belongs to the declared outputs or logs of exactly one job, so parallel
+    jobs cannot write the same file."""
+    first, again = tmp_path / "wf", tmp_path / "wf_j4"
+    run = snakemake(again, "-j4", config=cfg)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for pattern in ("*.safetensors", "statistics.json"):
+        assert _digests(again, pattern) == _digests(first, pattern) != {}
+    assert (again / "results/summary/scores.csv").read_bytes() == (first / "results/summary/scores.csv").read_bytes()
+    summary = snakemake(again, "--summary", config=cfg).stdout.splitlines()
+    head = summary.index(next(line for line in summary if line.startswith("output_file")))
+    columns = summary[head].split("\t")
+    rows = [dict(zip(columns, line.split("\t"))) for line in summary[head + 1:] if line.strip()]
+    outputs = [r["output_file"] for r in rows]
+    # one writer each: an output is listed once; a log once per output of the one job it
+    # belongs to (Snakemake requires a log to carry all of its job's wildcards)
+    log_rules: dict[str, set[str]] = {}
+    for r in rows:
+        for f in r.get("log-file(s)", "").split(","):
+            if f and f != "-":
+                log_rules.setdefault(f, set()).add(r["rule"])
+    assert len(outputs) == len(set(outputs)) and all(len(v) == 1 for v in log_rules.values())
+    logs = list(log_rules)
+    declared = [again / f for f in outputs + logs]
+    written = [p for d in ("resources", "results", "logs") for p in (again / d).rglob("*") if p.is_file()]
+    rules = {r["rule"] for r in rows}
+
+    def benchmark(rel: Path) -> bool:  # results/benchmarks/<rule>/<its wildcards>.tsv, one per job
+        return rel.parts[:2] == ("results", "benchmarks") and rel.parts[2] in rules and rel.suffix == ".tsv"
+
+    stray = [str(p.relative_to(again)) for p in written
+             if not any(p == d or d in p.parents for d in declared) and not benchmark(p.relative_to(again))]
+    assert len(written) > len(outputs) and stray == []
+
+
 def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     cfg = tiny_config()
     cfg["demo"]["threads"] = 1
@@ -138,6 +182,8 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     ref = build_tiny(tmp_path / "ref", cfg)
     for f in ["base/model.safetensors", "experts/rev/export/exp_avg_sq.safetensors"]:
         assert (tmp_path / "wf/resources/demo" / f).read_bytes() == (ref / f).read_bytes(), f
+
+    _parallel_run_writes_the_same_bytes_and_only_declared_files(tmp_path, cfg)
 
     same = snakemake(tmp_path / "wf", "-n", config=cfg)
     assert "Nothing to be done" in same.stdout + same.stderr
