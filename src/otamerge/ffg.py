@@ -1,6 +1,8 @@
 """Fast Fisher Grafting: keep an expert's most salient edits, revert the rest to the base.
 
-saliency s = v * (w_expert - w_base)^2   (metric "fisher"; "magnitude": |w_expert - w_base|)
+saliency s = v * (w_expert - w_base)^2   (metric "fisher"; "magnitude": |w_expert - w_base|;
+                                         "sparsegpt": v is the OBS importance 1/[H^-1]_jj^2
+                                         of the base's calibration Hessians, hessians.py)
 
 ONE threshold over every parameter of the expert (embeddings, lm_head and norms too)
 keeps the top ``density`` fraction; grafted = where(s >= threshold, expert, base), which
@@ -26,19 +28,22 @@ from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.densities import check_density, density_label
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
+from otamerge.hessians import KIND
+from otamerge.lora import check_full_moments, is_adapter, open_model
 from otamerge.moments import Moments
 from otamerge.threshold import exact_thresholds, keep_count
 from otamerge.tokenizer_source import copy_tokenizer
 from otamerge.writer import ShardedWriter, TensorPlan
 
-METRICS = ("fisher", "magnitude")
+METRICS = ("fisher", "magnitude", "sparsegpt")
+IMPORTANCE_FILE = {"fisher": "moments file", "sparsegpt": "OBS importance file (otamerge importance)"}
 STATISTICS = "statistics.json"
 
 
 def saliency(metric: str, expert: torch.Tensor, base: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
     """fp32 saliency of each entry (same operations as OTA's mask, so masks agree)."""
     tau = expert.float() - base.float()
-    if metric == "fisher":
+    if metric != "magnitude":
         return v * tau.square()
     return tau.abs()
 
@@ -80,18 +85,20 @@ class _Inputs:
 
 def _open(base_dir: Path, expert_dir: Path, moments_path: Path | None, metric: str, device: str) -> _Inputs:
     if metric not in METRICS:
-        raise OtaMergeError(f"unknown FFG metric {metric!r}; use fisher or magnitude")
+        raise OtaMergeError(f"unknown FFG metric {metric!r}; use {', '.join(METRICS)}")
     dev = pick_device(device)
     base = Checkpoint(base_dir, f"base model {base_dir}")
-    expert = Checkpoint(expert_dir, f"expert {expert_dir}")
+    expert = open_model(expert_dir, f"expert {expert_dir}", base)
     names = [n for n in base.names() if base.dtype(n).is_floating_point]
     check_compatible(base, expert, base.names())
     moments = None
-    if metric == "fisher":
+    if metric in IMPORTANCE_FILE:
         if moments_path is None:
-            raise OtaMergeError(f"expert {expert_dir}: the fisher metric needs a moments file")
-        moments = Moments(moments_path, f"moments of expert {expert_dir}")
-        moments.check_against(base, names)
+            raise OtaMergeError(f"expert {expert_dir}: the {metric} metric needs a {IMPORTANCE_FILE[metric]}")
+        moments = Moments(moments_path, f"{metric} importance of expert {expert_dir}")
+        if (moments.kind == KIND) != (metric == KIND):
+            raise OtaMergeError(f"{moments_path}: a {moments.kind} importance file given for the {metric} metric")
+        check_full_moments(moments, base, names, expert_dir)
     return _Inputs(base, expert, moments, names, dev)
 
 
@@ -155,7 +162,7 @@ def _graft(inp: _Inputs, densities: list[float], thresholds: list[float], total:
                 _finish(stats[d][plan.name])
         for d, thr in zip(densities, thresholds):
             writers[d].close()
-            _copy_model_files(expert_dir, tmp[d])
+            _copy_model_files(base_dir if is_adapter(expert_dir) else expert_dir, tmp[d])
             write_json(tmp[d] / STATISTICS, _statistics(inp, d, thr, total, metric, stats[d], base_dir, expert_dir))
     return folders
 
@@ -206,6 +213,9 @@ def _statistics(inp: _Inputs, density: float, thr: float, total: int, metric: st
         "total": total,
         "achieved_density": kept / total if total else 0.0,
         "ties_at_threshold": sum(st.ties for st in per_tensor.values()),
+        # tensors ranked by |t| where the importance has no curvature for them
+        "fallback_magnitude": (inp.moments.source_metadata.get("fallback_magnitude", [])
+                               if inp.moments is not None and inp.moments.kind == KIND else []),
         "base": str(base_dir),
         "expert": str(expert_dir),
         "tensors": {n: st.as_dict(inp.base.shape(n)) for n, st in per_tensor.items()},

@@ -21,6 +21,7 @@ from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.config import MergeConfig
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
+from otamerge.lora import check_full_moments, open_model
 from otamerge.methods.base import TensorInputs
 from otamerge.model_config import read_config
 from otamerge.moments import Moments
@@ -57,7 +58,7 @@ def make_plan(cfg: MergeConfig) -> Plan:
     models, moments = [], []
     for spec in cfg.models:
         folder = resolve_model(spec.ref)
-        models.append(Checkpoint(folder, f"model {spec.ref}"))
+        models.append(open_model(folder, f"model {spec.ref}", base))
         if cfg.method.moments:
             path = resolve_preconditioner(spec.params["preconditioner_path"], folder, spec.ref)
             moments.append(Moments(path, f"moments of model {spec.ref}"))
@@ -67,9 +68,9 @@ def make_plan(cfg: MergeConfig) -> Plan:
     names = reference.names()
     for ckpt in models:
         check_compatible(reference, ckpt, names)
-    for mom in moments:
+    for mom, spec in zip(moments, cfg.models):
         if mom is not None:
-            mom.check_against(reference, names)
+            check_full_moments(mom, reference, names, resolve_model(spec.ref))
     out = []
     for name in names:
         dt = reference.dtype(name)
