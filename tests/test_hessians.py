@@ -145,3 +145,49 @@ def test_importance_and_metric_must_match_and_calibration_errors_are_clear(fam, 
     with pytest.raises(OtaMergeError, match="fewer than seqlen"):
         calibration_tokens(AutoTokenizer.from_pretrained(fam["base"]), Calibration(str(fam["calibration"]), 1, 10**6))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("trim_by", ["fisher", "sparsegpt", "magnitude"])
+def test_ties_trims_each_tensor_by_the_chosen_importance(fam, tmp_path, trim_by):
+    import yaml
+
+    from otamerge.merge import MergeOptions, merge_file
+
+    hessians_cached(fam["base"], Calibration(str(fam["calibration"]), 4, 16), tmp_path / "h.safetensors", progress=False)
+    write_importance(tmp_path / "h.safetensors", fam["base"], tmp_path / "imp.safetensors", progress=False)
+    path = {"fisher": str(fam["expert0"] / MOMENTS), "sparsegpt": str(tmp_path / "imp.safetensors")}.get(trim_by)
+    params = {"weight": 1.0, "density": 0.25, **({"preconditioner_path": path} if path else {})}
+    cfg = {"merge_method": "ties", "base_model": str(fam["base"]), "dtype": "float32",
+           "parameters": {"trim_by": trim_by}, "models": [{"model": str(fam["expert0"]), "parameters": params}]}
+    (tmp_path / "m.yml").write_text(yaml.safe_dump(cfg))
+    merged = Checkpoint(merge_file(tmp_path / "m.yml", tmp_path / "out", MergeOptions(progress=False)))
+    base, expert = Checkpoint(fam["base"]), Checkpoint(fam["expert0"])
+    v = None if path is None else Moments(path, "v")
+    for name in base.names():
+        t = expert.get(name) - base.get(name)
+        score = t.abs() if v is None else v.get(name) * t.square()  # written here, not the engine's
+        k = max(1, int(0.25 * t.numel()))
+        direct = torch.zeros(t.numel(), dtype=torch.bool)
+        direct[torch.argsort(score.flatten(), descending=True, stable=True)[:k]] = True
+        kept = (merged.get(name) != base.get(name)).flatten()
+        assert torch.equal(kept, direct), name
+
+
+def test_trimming_by_curvature_needs_the_right_file(fam, tmp_path):
+    import yaml
+
+    from otamerge.merge import MergeOptions, merge_file
+
+    def merge(method, params, trim_by):
+        cfg = {"merge_method": method, "base_model": str(fam["base"]), "parameters": {"trim_by": trim_by},
+               "models": [{"model": str(fam["expert0"]), "parameters": {"weight": 1.0, "density": 0.5, **params}}]}
+        (tmp_path / "m.yml").write_text(yaml.safe_dump(cfg))
+        return merge_file(tmp_path / "m.yml", tmp_path / "out", MergeOptions(progress=False))
+
+    with pytest.raises(OtaMergeError, match="trim_by fisher needs its preconditioner_path"):
+        merge("ties", {}, "fisher")
+    with pytest.raises(OtaMergeError, match="full importance file given for the sparsegpt metric"):
+        merge("ties", {"preconditioner_path": str(fam["expert0"] / MOMENTS)}, "sparsegpt")
+    with pytest.raises(OtaMergeError, match="unknown parameter 'trim_by' for merge_method dare_ties"):
+        merge("dare_ties", {}, "fisher")  # DARE drops at random: nothing to rank
+    assert not (tmp_path / "out").exists()

@@ -31,17 +31,50 @@ def _cmd_demo_build(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from otamerge.atomic import write_json
     from otamerge.demo.tasks import TASKS
     from otamerge.evaluation.builtin import evaluate, load_model
 
     model, tokenizer = load_model(args.model_dir)
     name = args.name or Path(args.model_dir).name
-    rows = evaluate(model, tokenizer, args.tasks or list(TASKS), args.n, args.seed, name)
-    if args.out:
-        write_json(args.out, rows)
+    _write_rows(evaluate(model, tokenizer, args.tasks or list(TASKS), args.n, args.seed, name), args.out)
+
+
+def _write_rows(rows: list[dict], out: str | None) -> None:
+    from otamerge.atomic import write_json
+
+    if out:
+        write_json(out, rows)
     json.dump(rows, sys.stdout, indent=1)
     print()
+
+
+def _cmd_perplexity(args: argparse.Namespace) -> None:
+    from otamerge.evaluation import perplexity
+    from otamerge.evaluation.builtin import load_model
+
+    model, tokenizer = load_model(args.model_dir)
+    texts = _pairs(args.text, "--text")
+    rows = perplexity.evaluate(model, tokenizer, texts, args.name or Path(args.model_dir).name,
+                               args.max_length, args.stride)
+    _write_rows(rows, args.out)
+
+
+def _cmd_hessians(args: argparse.Namespace) -> None:
+    from otamerge.hessians import Calibration, hessians_cached
+
+    cal = Calibration(args.calibration, args.samples, args.seqlen, args.seed)
+    hessians, cached = hessians_cached(args.base, cal, args.out, progress=not args.quiet)
+    how = "read from the cache" if cached else "collected"
+    print(f"{len(hessians)} Hessians {how}: {args.out}")
+
+
+def _cmd_importance(args: argparse.Namespace) -> None:
+    from otamerge.hessians import write_importance
+
+    meta = write_importance(args.hessians, args.base, args.out, args.damping, progress=not args.quiet)
+    info = meta["source_metadata"]
+    print(f"OBS importance of {info['linear_tensors']} linear weights written to {args.out}; "
+          f"{len(info['fallback_magnitude'])} tensors fall back to magnitude")
 
 
 def _cmd_merge(args: argparse.Namespace) -> None:
@@ -174,9 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("ffg", help="Fast Fisher Grafting of one expert at one or more densities")
     f.add_argument("--base", required=True, help="base model folder")
     f.add_argument("--expert", required=True, help="expert model folder")
-    f.add_argument("--moments", help="expert's exp_avg_sq file, full or compressed (fisher metric)")
+    f.add_argument("--moments", help="expert's exp_avg_sq file, full or compressed (fisher metric), "
+                   "or the OBS importance file (sparsegpt metric)")
     f.add_argument("--density", type=float, nargs="+", required=True, help="fractions to keep, in (0, 1]")
-    f.add_argument("--metric", default="fisher", choices=["fisher", "magnitude"])
+    f.add_argument("--metric", default="fisher", help="fisher, magnitude or sparsegpt (checked by the FFG)")
     _streaming_options(f)
     f.add_argument("out_dir", help="one model folder with statistics.json per density is written in it")
     f.set_defaults(func=_cmd_ffg)
@@ -209,6 +243,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the held-out prompts")
     e.add_argument("--out", help="write the score rows to this JSON file")
     e.set_defaults(func=_cmd_evaluate)
+
+    pp = sub.add_parser("perplexity", help="perplexity of a model on text files (sliding window)")
+    pp.add_argument("model_dir")
+    pp.add_argument("--text", nargs="+", required=True, metavar="NAME=FILE", help="named text files")
+    pp.add_argument("--name", help="model name in the score rows (default: folder name)")
+    pp.add_argument("--max-length", type=int, help="window length (default: the model's positions)")
+    pp.add_argument("--stride", type=int, help="tokens scored per later window (default: half the window)")
+    pp.add_argument("--out", help="write the score rows to this JSON file")
+    pp.set_defaults(func=_cmd_perplexity)
+
+    h = sub.add_parser("hessians", help="calibration Hessians X^T X of the base's linear layers (cached)")
+    h.add_argument("base", help="base model folder")
+    h.add_argument("out", help="Hessian cache (safetensors); reused when base and calibration are the same")
+    h.add_argument("--calibration", required=True, help="calibration text (.txt, or .jsonl with a text field)")
+    h.add_argument("--samples", type=int, default=32, help="calibration windows")
+    h.add_argument("--seqlen", type=int, default=128, help="tokens per window")
+    h.add_argument("--seed", type=int, default=0, help="seed of the window offsets")
+    h.add_argument("--quiet", action="store_true")
+    h.set_defaults(func=_cmd_hessians)
+
+    im = sub.add_parser("importance", help="OBS (SparseGPT) importance from cached Hessians, for FFG and trim_by")
+    im.add_argument("hessians", help="Hessian cache written by otamerge hessians")
+    im.add_argument("base", help="base model folder")
+    im.add_argument("out", help="importance file (rank-1 moments format)")
+    im.add_argument("--damping", type=float, default=0.01, help="added to H's diagonal, relative to its mean")
+    im.add_argument("--quiet", action="store_true")
+    im.set_defaults(func=_cmd_importance)
     return p
 
 

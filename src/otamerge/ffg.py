@@ -28,7 +28,7 @@ from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.densities import check_density, density_label
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.hessians import KIND
+from otamerge.hessians import KIND, check_importance_kind
 from otamerge.lora import check_full_moments, is_adapter, open_model
 from otamerge.moments import Moments
 from otamerge.threshold import exact_thresholds, keep_count
@@ -96,8 +96,7 @@ def _open(base_dir: Path, expert_dir: Path, moments_path: Path | None, metric: s
         if moments_path is None:
             raise OtaMergeError(f"expert {expert_dir}: the {metric} metric needs a {IMPORTANCE_FILE[metric]}")
         moments = Moments(moments_path, f"{metric} importance of expert {expert_dir}")
-        if (moments.kind == KIND) != (metric == KIND):
-            raise OtaMergeError(f"{moments_path}: a {moments.kind} importance file given for the {metric} metric")
+        check_importance_kind(moments, metric)
         check_full_moments(moments, base, names, expert_dir)
     return _Inputs(base, expert, moments, names, dev)
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from otamerge.atomic import atomic_file
 from otamerge.checkpoint import Checkpoint
 from otamerge.errors import OtaMergeError
-from otamerge.moments import META_KEY
+from otamerge.moments import META_KEY, Moments
 
 HESSIAN_META = "otamerge_hessians"
 KIND = "sparsegpt"
@@ -214,6 +214,12 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
 
     with atomic_file(path, "wb") as fh:
         fh.write(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def check_importance_kind(moments: Moments, metric: str) -> None:
+    """An OBS importance file only for sparsegpt, and Adam moments only for fisher."""
+    if metric != "magnitude" and (moments.kind == KIND) != (metric == KIND):
+        raise OtaMergeError(f"{moments.path}: a {moments.kind} importance file given for the {metric} metric")
 
 
 def inverse_diagonal(h: torch.Tensor, damping: float) -> torch.Tensor:

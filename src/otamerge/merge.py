@@ -21,6 +21,7 @@ from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.config import MergeConfig
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
+from otamerge.hessians import check_importance_kind
 from otamerge.lora import check_full_moments, open_model
 from otamerge.methods.base import TensorInputs
 from otamerge.model_config import read_config
@@ -56,12 +57,18 @@ def make_plan(cfg: MergeConfig) -> Plan:
     """Open every input lazily and check names and shapes from the headers."""
     base = Checkpoint(resolve_model(cfg.base), f"base model {cfg.base}") if cfg.base else None
     models, moments = [], []
+    needs_moments = cfg.method.moments(cfg.params, [m.params for m in cfg.models])
     for spec in cfg.models:
         folder = resolve_model(spec.ref)
         models.append(open_model(folder, f"model {spec.ref}", base))
-        if cfg.method.moments:
+        if needs_moments:
+            if not spec.params.get("preconditioner_path"):
+                raise OtaMergeError(f"model {spec.ref}: trim_by {cfg.params.get('trim_by')} needs its preconditioner_path "
+                                    "(exp_avg_sq for fisher, the OBS importance file for sparsegpt)")
             path = resolve_preconditioner(spec.params["preconditioner_path"], folder, spec.ref)
             moments.append(Moments(path, f"moments of model {spec.ref}"))
+            if "trim_by" in cfg.params:  # (OTA takes any curvature as its weights)
+                check_importance_kind(moments[-1], cfg.params["trim_by"])
         else:
             moments.append(None)
     reference = base or models[0]

@@ -42,7 +42,8 @@ class MergeMethod:
     """One entry of the registry.
 
     base: "required", "optional" or "ignored" (the base model is then just not used).
-    moments: whether each model needs a ``preconditioner_path``.
+    moments: given the resolved parameters, whether each model needs a
+    ``preconditioner_path`` (OTA always; TIES-family trimming by curvature).
     whole_tensor: given the resolved parameters, whether the method must see whole tensors
     (top-k selection, random masks, norms); otherwise the engine may pass row chunks.
     """
@@ -51,6 +52,6 @@ class MergeMethod:
     params: tuple[Param, ...]
     merge: Callable[[TensorInputs], torch.Tensor]
     base: str = "required"
-    moments: bool = False
+    moments: Callable[[dict[str, Any], list[dict[str, Any]]], bool] = lambda p, mp: False
     whole_tensor: Callable[[dict[str, Any], list[dict[str, Any]]], bool] = lambda p, mp: False
     description: str = ""

@@ -204,7 +204,7 @@ METHODS = (
         ),
         merge=ota,
         base="optional",
-        moments=True,
+        moments=lambda p, mp: True,
         whole_tensor=_whole_tensor,
         description="curvature-weighted merge with FFG masks (OTA+FFG)",
     ),

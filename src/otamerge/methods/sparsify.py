@@ -86,23 +86,26 @@ def _apply(delta: torch.Tensor, flat_mask: torch.Tensor, rescale: bool) -> torch
     return rescale_l1_(delta, before) if rescale else delta
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
-    """Keep the top ``density`` fraction of entries by |delta| (at least one)."""
+def magnitude(delta: torch.Tensor, density: float, rescale: bool = False,
+              scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the top ``density`` fraction of entries by |delta| (or by ``scores``, an
+    importance of each entry; at least one)."""
     if density >= 1:
         return delta
     k = max(1, int(density * delta.numel()))
-    return _apply(delta, top_k_mask(delta.abs(), k), rescale)
+    return _apply(delta, top_k_mask(delta.abs() if scores is None else scores, k), rescale)
 
 
-def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False) -> torch.Tensor:
-    """Drop the top ``gamma`` fraction by |delta| and the smallest entries, keeping
-    ``density``; the outlier cut shrinks when needed to keep the target count."""
+def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False,
+                scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Drop the top ``gamma`` fraction by |delta| (or ``scores``) and the smallest entries,
+    keeping ``density``; the outlier cut shrinks when needed to keep the target count."""
     if density >= 1:
         return delta
     n = delta.numel()
     keep = int(density * n)
     n_bot = max(0, n - keep - int(gamma * n))
-    w = delta.abs()
+    w = delta.abs() if scores is None else scores
     window = bottom_k_mask(w, n_bot + keep) & ~bottom_k_mask(w, n_bot)
     return _apply(delta, window, rescale)
 

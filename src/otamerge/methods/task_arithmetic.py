@@ -31,16 +31,26 @@ def agreeing(weighted: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, weighted > 0, weighted < 0)
 
 
+def importance(trim_by: str, delta: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
+    """What trimming ranks entries by: None for |delta| (mergekit's rule); v * delta^2 for
+    fisher (v: Adam's second moment) and sparsegpt (v: the OBS importance, hessians.py)."""
+    if trim_by == "magnitude" or v is None:
+        return None
+    return delta.square().mul_(v)
+
+
 def _sparsified(kind: str | None, inputs: TensorInputs, i: int, delta: torch.Tensor) -> torch.Tensor:
     p = inputs.model_params[i]
     rescale = bool(inputs.params["rescale"])
     if kind == "magnitude":
-        return sparsify.magnitude(delta, p["density"], rescale)
+        scores = importance(inputs.params.get("trim_by", "magnitude"), delta, inputs.moments[i])
+        return sparsify.magnitude(delta, p["density"], rescale, scores)
     if kind == "random":
         gen = model_generator(inputs.seed, inputs.name, i)
         return sparsify.dare(delta, p["density"], gen, rescale)
     if kind == "breadcrumbs":
-        return sparsify.breadcrumbs(delta, p["density"], p["gamma"], rescale)
+        scores = importance(inputs.params.get("trim_by", "magnitude"), delta, inputs.moments[i])
+        return sparsify.breadcrumbs(delta, p["density"], p["gamma"], rescale, scores)
     return delta
 
 
@@ -94,12 +104,25 @@ _COMMON = (
 )
 
 
+TRIM_BY = ("magnitude", "fisher", "sparsegpt")
+# trimming by curvature: per model, its exp_avg_sq (fisher) or the base's OBS importance file
+_TRIM = (Param("trim_by", "magnitude", kind=str, choices=TRIM_BY),
+         Param("preconditioner_path", None, per_model=True, kind=str))
+
+
+def _trims_by_curvature(params: dict[str, Any], model_params: list[dict[str, Any]]) -> bool:
+    return params.get("trim_by", "magnitude") != "magnitude" and _sparsifies(params, model_params)
+
+
 def _method(name: str, sparsification: str | None, consensus: bool, normalize: bool, rescale: bool,
             description: str, extra: tuple[Param, ...] = ()) -> MergeMethod:
+    ranked = sparsification in ("magnitude", "breadcrumbs")  # DARE drops at random: nothing to rank
     return MergeMethod(
         name=name,
-        params=_COMMON + (Param("normalize", normalize, kind=bool), Param("rescale", rescale, kind=bool)) + extra,
+        params=_COMMON + (Param("normalize", normalize, kind=bool), Param("rescale", rescale, kind=bool)) + extra
+        + (_TRIM if ranked else ()),
         merge=task_arithmetic_family(sparsification, consensus),
+        moments=_trims_by_curvature if ranked else (lambda p, mp: False),
         whole_tensor=_sparsifies if sparsification else (lambda p, mp: False),
         description=description,
     )
