@@ -22,6 +22,7 @@ localrules:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/download.smk"
+include: "workflow/rules/importance.smk"
 include: "workflow/rules/ffg.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/evaluate.smk"

@@ -1,6 +1,7 @@
 import base64
 import copy
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -155,7 +156,10 @@ def _parallel_run_writes_the_same_bytes_and_only_declared_files(tmp_path: Path, 
 def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     cfg = tiny_config()
     cfg["demo"]["threads"] = 1
-    cfg["evaluation"]["backends"] = ["builtin", "lm_eval"]
+    cfg["evaluation"]["backends"] = ["builtin", "lm_eval", "perplexity"]
+    cfg["ffg"]["metrics"] = ["fisher", "sparsegpt"]
+    cfg["sparsegpt"]["samples"] = 8
+    cfg["merges"]["ties_sparsegpt"] = default_config()["merges"]["ties_sparsegpt"]
     run = snakemake(tmp_path / "wf", "--cores", "2", config=cfg)
     assert run.returncode == 0, run.stderr[-3000:]
     scores = pd.read_csv(tmp_path / "wf/results/summary/scores.csv")
@@ -163,17 +167,29 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     assert list(chosen.expert) == ["add", "rev"] and set(chosen.density) <= {0.1, 0.5, 1.0}
     grafts = [f"ffg/{r.expert}/fisher/{r.density:g}" for r in chosen.itertuples()]
     # rows like the paper's main table: base, experts, grafted experts, merges; x tasks x metrics
-    assert list(dict.fromkeys(scores.model)) == ["base", "add", "rev", *grafts, "merge/ota_ffg", "merge/ties"]
-    # builtin: 7 models x 5 tasks x 2 metrics; lm_eval: exact match of all but the grafts
-    # (their density is chosen automatically, known only after the builtin sweep)
-    assert len(scores) == 7 * 5 * 2 + 5 * 5 * 1
+    merges = ["merge/ota_ffg", "merge/ties", "merge/ties_sparsegpt"]
+    assert list(dict.fromkeys(scores.model)) == ["base", "add", "rev", *grafts, *merges]
+    # builtin: 8 models x 5 tasks x 2 metrics; lm_eval: exact match of all but the grafts
+    # (their density is chosen automatically, known only after the builtin sweep);
+    # perplexity: the held-out text, every model but the grafts
+    assert len(scores) == 8 * 5 * 2 + 6 * 5 * 1 + 6
+    ppl = scores[scores.backend == "perplexity"]
+    heldout = (tmp_path / "wf/resources/demo/text/heldout.txt").read_text()
+    assert set(ppl.task) == {"heldout"} and (ppl.n == len(heldout)).all() and (ppl.score > 1).all()
+    # the sparsegpt sweep and trim: one Hessian job for every expert and density
+    stats = json.loads((tmp_path / "wf/results/ffg/rev/sparsegpt/0.1/statistics.json").read_text())
+    assert stats["metric"] == "sparsegpt" and "model.embed_tokens.weight" in stats["fallback_magnitude"]
+    trimmed = yaml.safe_load((tmp_path / "wf/results/merges/ties_sparsegpt/merge_config.yml").read_text())
+    assert {m["parameters"]["preconditioner_path"] for m in trimmed["models"]} == {
+        "results/importance/sparsegpt.safetensors"}
+    assert len(list((tmp_path / "wf/results/benchmarks/hessians").iterdir())) == 1
     for (backend, model), rows in scores.groupby(["backend", "model"]):  # the evaluations' own numbers
         src = yaml.safe_load((tmp_path / f"wf/results/evaluation/{backend}/{model}.json").read_text())
         assert sorted(zip(rows.task, rows.metric, rows.score)) == sorted(
             (r["task"], r["metric"], pytest.approx(r["score"], rel=1e-5)) for r in src)
     exact = scores[scores.metric == "exact_match"].pivot_table(index=["model", "task"], columns="backend",
                                                                values="score").dropna()
-    assert len(exact) == 25 and (exact.builtin == exact.lm_eval).all()
+    assert len(exact) == 30 and (exact.builtin == exact.lm_eval).all()
     assert "## exact_match (lm_eval)" in (tmp_path / "wf/results/summary/accuracy.md").read_text()
     merged = yaml.safe_load((tmp_path / "wf/results/merges/ota_ffg/merge_config.yml").read_text())
     assert [m["parameters"]["precond_threshold"] for m in merged["models"]] == list(chosen.threshold)
@@ -203,8 +219,8 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     added = snakemake(tmp_path / "wf", "-n", config=denser)
     # the new point for each expert, its evaluation, and the aggregation downstream
     assert job_counts(added.stdout + added.stderr) == {
-        "ffg": 2, "evaluate_builtin": 2 + 1, "evaluate_lm_eval": 1, "merge_config": 1, "merge": 1, "summary": 1, "sweep_summary": 1,
-        "plots": 1, "all": 1}
+        "ffg": 2 * 2, "evaluate_builtin": 2 * 2 + 1, "evaluate_lm_eval": 1, "evaluate_perplexity": 1, "merge_config": 1,
+        "merge": 1, "summary": 1, "sweep_summary": 1, "plots": 1, "all": 1}
     outputs = [line for line in added.stdout.splitlines() if line.strip().startswith("output:")]
     assert any(o.strip() == "output: results/ffg/add/fisher/0.3" for o in outputs)
     assert not any("results/ffg/add/fisher/0.1" in o for o in outputs)
@@ -214,7 +230,8 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     cfg["demo"]["experts"]["rev"]["steps"] = 7
     changed = snakemake(tmp_path / "wf", "-n", config=cfg)
     counts = job_counts(changed.stdout + changed.stderr)
-    assert counts["demo_expert"] == 1 and counts["ffg"] == 2  # rev's two sweep points, not add's
+    # rev's four sweep points (2 metrics x 2 densities), not add's; the base's Hessians stay
+    assert counts["demo_expert"] == 1 and counts["ffg"] == 4 and "hessians" not in counts
     outputs = [line for line in changed.stdout.splitlines() if line.strip().startswith("output:")]
     assert any("resources/demo/experts/rev" in o for o in outputs)
     assert not any("experts/add" in o or "ffg/add/" in o or "builtin/add.json" in o for o in outputs)

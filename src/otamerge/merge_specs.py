@@ -16,13 +16,15 @@ def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
                    moments: dict[str, str] | None = None) -> dict[str, Any]:
     """A merge config (as `otamerge merge` reads it) for one merge spec of the workflow.
 
-    experts: name -> model folder; moments: name -> moments file (OTA only).
-    Every expert gets the spec's ``model_parameters``; OTA experts their moments file.
+    experts: name -> model folder; moments: name -> moments or importance file (OTA, and
+    trimming by curvature). Every expert gets the spec's ``model_parameters``, and its file
+    as ``preconditioner_path`` where the method reads one.
     """
+    needs = spec["method"] == "ota" or (spec.get("parameters") or {}).get("trim_by", "magnitude") != "magnitude"
     models = []
     for name, folder in experts.items():
         params = dict(spec.get("model_parameters") or {})
-        if spec["method"] == "ota":
+        if needs:
             if not moments or name not in moments:
                 raise OtaMergeError(f"merge {spec}: expert {name} has no moments file")
             params["preconditioner_path"] = moments[name]

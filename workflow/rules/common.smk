@@ -42,13 +42,15 @@ wildcard_constraints:
     expert="|".join(EXPERTS),
     name="|".join(MODELS),
     backend="|".join(BACKENDS) or "builtin",
-    metric="fisher|fisher_rank1|magnitude",
+    metric="fisher|fisher_rank1|magnitude|sparsegpt",
     density=r"[0-9][0-9.e-]*",
     merge="|".join(MERGES) or "NO_MERGE",
     model=r"base|{}|ffg/[^/]+/[^/]+/[^/]+|merge/[^/]+".format("|".join(EXPERTS)),
 
 
 BASE = "results/models/base"
+IMPORTANCE = "results/importance/sparsegpt.safetensors"
+PERPLEXITY_TEXTS = config["evaluation"].get("perplexity", {}).get("texts", {})
 
 
 def scaled(fixed, per_b):
@@ -67,7 +69,10 @@ def expert_dir(expert):
 
 
 def moments_file(expert, kind="full"):
-    """The expert's exp_avg_sq as downloaded, or its rank-1 compression."""
+    """The expert's exp_avg_sq as downloaded, its rank-1 compression, or the base's OBS
+    importance (the same file for every expert)."""
+    if kind == "sparsegpt":
+        return IMPORTANCE
     if kind == "rank1":
         return f"results/moments/{expert}/rank1.safetensors"
     return f"{expert_dir(expert)}/preconditioner.safetensors"
@@ -76,7 +81,7 @@ def moments_file(expert, kind="full"):
 def moments_input(expert, kind="full"):
     """What a job reading those moments depends on: downloaded moments live inside the
     expert's folder (a directory output), so the folder is the input."""
-    return moments_file(expert, kind) if kind == "rank1" else expert_dir(expert)
+    return expert_dir(expert) if kind == "full" else moments_file(expert, kind)
 
 
 def download_input(wildcards):
@@ -103,7 +108,16 @@ def expert_settings(wildcards):
 
 
 def ffg_moments_kind(metric):
-    return {"fisher": "full", "fisher_rank1": "rank1"}.get(metric)
+    return {"fisher": "full", "fisher_rank1": "rank1", "sparsegpt": "sparsegpt"}.get(metric)
+
+
+def merge_moments_kind(spec):
+    """The curvature file each expert of a merge needs: its moments (OTA, trim_by fisher),
+    the base's OBS importance (trim_by sparsegpt), or none."""
+    trim = (spec.get("parameters") or {}).get("trim_by", "magnitude")
+    if spec["method"] == "ota" or trim == "fisher":
+        return spec.get("moments", "full")
+    return "sparsegpt" if trim == "sparsegpt" else None
 
 
 def merge_experts(merge):
@@ -137,8 +151,8 @@ def merge_config_inputs(wildcards):
     spec = MERGES[wildcards.merge]
     experts = merge_experts(wildcards.merge)
     inputs = {"experts": [expert_dir(e) for e in experts], "base": BASE}
-    if spec["method"] == "ota":
-        inputs["moments"] = [moments_input(e, spec.get("moments", "full")) for e in experts]
+    if merge_moments_kind(spec):
+        inputs["moments"] = [moments_input(e, merge_moments_kind(spec)) for e in experts]
     if spec.get("ffg"):
         inputs["sweeps"] = [f"results/{p}" for p in ffg_points(wildcards.merge)]
         inputs["scores"] = [
@@ -153,7 +167,7 @@ def merge_config_params(wildcards):
     spec = MERGES[wildcards.merge]
     experts = merge_experts(wildcards.merge)
     params = {"spec": spec, "experts": experts,
-              "moments": [moments_file(e, spec.get("moments", "full")) for e in experts]}
+              "moments": [moments_file(e, merge_moments_kind(spec)) for e in experts] if merge_moments_kind(spec) else []}
     if spec.get("ffg"):
         params["thresholds"] = {
             "fixed": {e: fixed_density(e) for e in experts if fixed_density(e)},
@@ -190,6 +204,19 @@ def require_api_keys():
 
 
 require_api_keys()
+
+
+def require_sections():
+    """Stop before any job when a chosen importance or backend has no settings."""
+    uses_obs = "sparsegpt" in METRICS or any(merge_moments_kind(s) == "sparsegpt" for s in MERGES.values())
+    if uses_obs and "sparsegpt" not in config:
+        raise ValueError("ffg metric or trim_by sparsegpt needs a sparsegpt section "
+                         "(calibration, samples, seqlen, damping)")
+    if "perplexity" in BACKENDS and not PERPLEXITY_TEXTS:
+        raise ValueError("evaluation backend perplexity needs evaluation.perplexity.texts")
+
+
+require_sections()
 
 
 def evaluated(models, backends=BACKENDS):

@@ -47,3 +47,23 @@ if DEMO:
             "../envs/otamerge.yaml"
         script:
             "../scripts/demo_expert.py"
+
+
+    rule demo_texts:
+        output:
+            calibration=f"{DEMO}/text/calibration.txt",
+            heldout=f"{DEMO}/text/heldout.txt",
+        log:
+            "logs/demo_texts/texts.log",
+        params:
+            seed=config["seed"],
+            n_eval=config["demo"]["n_eval"],
+            n_examples=2000,
+        threads: 1
+        resources:
+            mem_mb=scaled(500, 0),
+            runtime=scaled(5, 0),
+        conda:
+            "../envs/otamerge.yaml"
+        script:
+            "../scripts/demo_texts.py"

@@ -70,3 +70,28 @@ rule evaluate_lm_eval:
         "../envs/otamerge.yaml"
     script:
         "../scripts/evaluate_lm_eval.py"
+
+
+rule evaluate_perplexity:
+    input:
+        model=model_dir,
+        texts=list(PERPLEXITY_TEXTS.values()),
+    output:
+        "results/evaluation/perplexity/{model}.json",
+    log:
+        "logs/evaluate_perplexity/{model}.log",
+    benchmark:
+        "results/benchmarks/evaluate_perplexity/{model}.tsv"
+    params:
+        texts=PERPLEXITY_TEXTS,
+        max_length=config["evaluation"].get("perplexity", {}).get("max_length"),
+        stride=config["evaluation"].get("perplexity", {}).get("stride"),
+    threads: 1
+    resources:
+        mem_mb=scaled(2000, 4000),
+        runtime=scaled(10, 10),
+        gpu=GPUS,
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/evaluate_perplexity.py"

@@ -13,7 +13,7 @@ COLUMNS = ["expert", "mode", "density", "threshold", "achieved_density", "metric
 with to_file(snakemake.log[0]):
     p, inp = snakemake.params[0], snakemake.input
     experts = dict(zip(p["experts"], inp.experts))
-    moments = dict(zip(p["experts"], p["moments"])) if p["spec"]["method"] == "ota" else None
+    moments = dict(zip(p["experts"], p["moments"])) if p["moments"] else None
     cfg = merge_template(p["spec"], experts, inp.base, moments)
     rows = []
     if p["spec"].get("ffg"):

@@ -1,0 +1,32 @@
+"""The demo's plain-text files: calibration text for the SparseGPT Hessians and the
+held-out text the perplexity backend scores.
+
+Examples are written as ``prompt + answer`` separated by spaces, on one line without a
+final newline (the character-level tokenizer has no newline). Calibration text is drawn from the full tasks, never a
+held-out prompt; the held-out text is exactly the evaluators' held-out examples.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from otamerge.atomic import atomic_file
+from otamerge.demo.tasks import TASKS, eval_set
+from otamerge.demo.train import held_out_prompts, mixture_sampler
+
+
+def calibration_text(n_examples: int, n_eval: int, seed: int) -> str:
+    sample = mixture_sampler(list(TASKS), restricted=False, exclude=held_out_prompts(n_eval, seed))
+    rng = random.Random(f"calibration/{seed}")
+    return " ".join("".join(sample(rng)) for _ in range(n_examples))
+
+
+def heldout_text(n_eval: int, seed: int) -> str:
+    return " ".join(p + a for t in TASKS for p, a in eval_set(t, n_eval, seed))
+
+
+def write_texts(calibration: str | Path, heldout: str | Path, n_examples: int, n_eval: int, seed: int) -> None:
+    for path, text in ((calibration, calibration_text(n_examples, n_eval, seed)), (heldout, heldout_text(n_eval, seed))):
+        with atomic_file(path) as fh:
+            fh.write(text)

@@ -1,0 +1,10 @@
+from otamerge.atomic import write_json
+from otamerge.evaluation import perplexity
+from otamerge.evaluation.builtin import load_model
+from otamerge.logs import to_file
+
+with to_file(snakemake.log[0]):
+    p = snakemake.params
+    model, tokenizer = load_model(snakemake.input.model)
+    rows = perplexity.evaluate(model, tokenizer, p.texts, snakemake.wildcards.model, p.max_length, p.stride)
+    write_json(snakemake.output[0], rows)

@@ -1,0 +1,11 @@
+import torch
+
+from otamerge.hessians import Calibration, hessians_cached
+from otamerge.logs import to_file
+
+with to_file(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)  # sums over tokens: their bits follow the thread count
+    p = snakemake.params
+    cal = Calibration(snakemake.input.calibration, p.samples, p.seqlen, p.seed)
+    hessians, _ = hessians_cached(snakemake.input.base, cal, snakemake.output[0])
+    print(f"{len(hessians)} Hessians from {p.samples} windows of {p.seqlen} tokens")
