@@ -64,12 +64,13 @@ def test_layer_by_layer_hessians_equal_those_of_a_whole_model_pass(fam, tmp_path
     cal = Calibration(str(fam["calibration"]), samples=5, seqlen=24, seed=3)
     tokens = calibration_tokens(AutoTokenizer.from_pretrained(fam["base"]), cal)
     assert tokens.shape == (5, 24)
-    ours = hs.collect_hessians(fam["base"], cal, progress=False)
+    hs.collect_hessians(fam["base"], cal, tmp_path / "h", progress=False)
+    ours = Checkpoint(tmp_path / "h")
     ref = _whole_model_hessians(fam["base"], tokens)
-    assert sorted(ours) == sorted(ref) and len(ours) == 2 * 7 + 1  # q k v o gate up down per layer, lm_head
+    assert sorted(ours.names()) == sorted(ref) and len(ref) == 2 * 7 + 1  # q k v o gate up down per layer, lm_head
     for name in ref:
-        torch.testing.assert_close(ours[name].double(), ref[name], rtol=2e-5, atol=1e-4)
-        assert ours[name].shape[0] == (32 if "down_proj" in name else 16)
+        torch.testing.assert_close(ours.get(name).double(), ref[name], rtol=2e-5, atol=1e-4)
+        assert ours.shape(name)[0] == (32 if "down_proj" in name else 16)
 
 
 def test_the_second_use_reads_the_cache(fam, tmp_path, monkeypatch):
@@ -77,12 +78,12 @@ def test_the_second_use_reads_the_cache(fam, tmp_path, monkeypatch):
     real = hs.collect_hessians
     monkeypatch.setattr(hs, "collect_hessians", lambda *a, **k: calls.append(a) or real(*a, **k))
     cal = Calibration(str(fam["calibration"]), samples=4, seqlen=16)
-    cache = tmp_path / "hessians.safetensors"
+    cache = tmp_path / "hessians"
     first, cached = hessians_cached(fam["base"], cal, cache, progress=False)
     assert (len(calls), cached) == (1, False)
     again, cached = hessians_cached(fam["base"], cal, cache, progress=False)
     assert (len(calls), cached) == (1, True)
-    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert first.names() == again.names() and all(torch.equal(first.get(k), again.get(k)) for k in first.names())
     # another calibration set (or seed) is not served from the cache
     _, cached = hessians_cached(fam["base"], Calibration(cal.path, 4, 16, seed=1), cache, progress=False)
     assert (len(calls), cached) == (2, False)
@@ -90,9 +91,10 @@ def test_the_second_use_reads_the_cache(fam, tmp_path, monkeypatch):
 
 def test_ffg_with_sparsegpt_importance_keeps_the_top_obs_saliencies(fam, tmp_path):
     cal = Calibration(str(fam["calibration"]), samples=6, seqlen=20)
-    hessians, _ = hessians_cached(fam["base"], cal, tmp_path / "h.safetensors", progress=False)
+    ckpt, _ = hessians_cached(fam["base"], cal, tmp_path / "h", progress=False)
+    hessians = {n: ckpt.get(n) for n in ckpt.names()}
     imp = tmp_path / "importance.safetensors"
-    meta = write_importance(tmp_path / "h.safetensors", fam["base"], imp, damping=0.01, progress=False)
+    meta = write_importance(tmp_path / "h", fam["base"], imp, damping=0.01, progress=False)
     base, expert = Checkpoint(fam["base"]), Checkpoint(fam["expert0"])
     names = base.names()
     fallback = [n for n in names if n not in hessians]
@@ -128,8 +130,8 @@ def test_ffg_with_sparsegpt_importance_keeps_the_top_obs_saliencies(fam, tmp_pat
 
 def test_importance_and_metric_must_match_and_calibration_errors_are_clear(fam, tmp_path):
     cal = Calibration(str(fam["calibration"]), samples=2, seqlen=8)
-    hessians_cached(fam["base"], cal, tmp_path / "h.safetensors", progress=False)
-    write_importance(tmp_path / "h.safetensors", fam["base"], tmp_path / "imp.safetensors", progress=False)
+    hessians_cached(fam["base"], cal, tmp_path / "h", progress=False)
+    write_importance(tmp_path / "h", fam["base"], tmp_path / "imp.safetensors", progress=False)
     with pytest.raises(OtaMergeError, match="sparsegpt importance file given for the fisher metric"):
         ffg_sweep(fam["base"], fam["expert0"], tmp_path / "imp.safetensors", [0.1], "fisher", tmp_path / "o", QUIET)
     with pytest.raises(OtaMergeError, match="full importance file given for the sparsegpt metric"):
@@ -137,7 +139,7 @@ def test_importance_and_metric_must_match_and_calibration_errors_are_clear(fam, 
     with pytest.raises(OtaMergeError, match="needs a OBS importance file"):
         ffg_sweep(fam["base"], fam["expert0"], None, [0.1], "sparsegpt", tmp_path / "o", QUIET)
     with pytest.raises(OtaMergeError, match="seqlen 64 exceeds the model's 32 positions"):
-        hs.collect_hessians(fam["base"], Calibration(cal.path, 2, 64), progress=False)
+        hs.collect_hessians(fam["base"], Calibration(cal.path, 2, 64), tmp_path / "h64", progress=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ab"}\n[1]\n')
     with pytest.raises(OtaMergeError, match=r"bad.jsonl, line 2: not a JSON object"):
@@ -153,8 +155,8 @@ def test_ties_trims_each_tensor_by_the_chosen_importance(fam, tmp_path, trim_by)
 
     from otamerge.merge import MergeOptions, merge_file
 
-    hessians_cached(fam["base"], Calibration(str(fam["calibration"]), 4, 16), tmp_path / "h.safetensors", progress=False)
-    write_importance(tmp_path / "h.safetensors", fam["base"], tmp_path / "imp.safetensors", progress=False)
+    hessians_cached(fam["base"], Calibration(str(fam["calibration"]), 4, 16), tmp_path / "h", progress=False)
+    write_importance(tmp_path / "h", fam["base"], tmp_path / "imp.safetensors", progress=False)
     path = {"fisher": str(fam["expert0"] / MOMENTS), "sparsegpt": str(tmp_path / "imp.safetensors")}.get(trim_by)
     params = {"weight": 1.0, "density": 0.25, **({"preconditioner_path": path} if path else {})}
     cfg = {"merge_method": "ties", "base_model": str(fam["base"]), "dtype": "float32",
@@ -191,3 +193,23 @@ def test_trimming_by_curvature_needs_the_right_file(fam, tmp_path):
     with pytest.raises(OtaMergeError, match="unknown parameter 'trim_by' for merge_method dare_ties"):
         merge("dare_ties", {}, "fisher")  # DARE drops at random: nothing to rank
     assert not (tmp_path / "out").exists()
+
+
+def test_command_line_hessians_importance_and_ffg(fam, tmp_path, capsys):
+    from otamerge.cli import main
+
+    cal = ["--calibration", str(fam["calibration"]), "--samples", "3", "--seqlen", "12", "--quiet"]
+    assert main(["hessians", str(fam["base"]), str(tmp_path / "h"), *cal]) == 0
+    assert main(["hessians", str(fam["base"]), str(tmp_path / "h"), *cal]) == 0
+    assert main(["importance", str(tmp_path / "h"), str(fam["base"]), str(tmp_path / "imp.safetensors"),
+                 "--quiet"]) == 0
+    assert main(["ffg", "--base", str(fam["base"]), "--expert", str(fam["expert0"]), "--moments",
+                 str(tmp_path / "imp.safetensors"), "--metric", "sparsegpt", "--density", "0.3", "--quiet",
+                 str(tmp_path / "ffg")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"15 Hessians collected: {tmp_path / 'h'}"
+    assert out[1] == f"15 Hessians read from the cache: {tmp_path / 'h'}"
+    assert "6 tensors fall back to magnitude" in out[2] and out[3].startswith("density 0.3: threshold")
+    assert main(["ffg", "--base", str(fam["base"]), "--expert", str(fam["expert0"]), "--density", "0.3",
+                 "--metric", "hessian", str(tmp_path / "bad")]) == 1
+    assert "unknown FFG metric 'hessian'; use fisher, magnitude, sparsegpt" in capsys.readouterr().err

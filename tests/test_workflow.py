@@ -26,13 +26,15 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
     res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j1", "-n",
                     config=default_config())
     assert res.returncode == 0, res.stderr
-    n_merges, n_points = 9, 5 * 3 * 4  # experts x (fisher, magnitude, fisher_rank1) x densities
+    # experts x (fisher, magnitude, sparsegpt, and fisher_rank1 for ota_ffg_rank1) x densities
+    n_merges, n_points = 11, 5 * 4 * 4
     assert job_counts(res.stdout + res.stderr) == {
-        "demo_base": 1, "demo_expert": 5, "download": 6, "compress_moments": 5, "ffg": n_points, "merge_config": n_merges,
+        "demo_base": 1, "demo_expert": 5, "demo_texts": 1, "download": 6, "compress_moments": 5,
+        "hessians": 1, "sparsegpt_importance": 1, "ffg": n_points, "merge_config": n_merges,
         "merge": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1, "sweep_summary": 1,
         "plots": 1, "all": 1,
-        # lm_eval scores the main table's models; the builtin evaluator also the sweep
-        "evaluate_lm_eval": 6 + n_merges}
+        # lm_eval and perplexity score the main table's models; the builtin evaluator also the sweep
+        "evaluate_lm_eval": 6 + n_merges, "evaluate_perplexity": 6 + n_merges}
 
 
 def test_papers_config_validates_and_lists_the_whole_dag(tmp_path):
@@ -51,6 +53,19 @@ def test_papers_config_validates_and_lists_the_whole_dag(tmp_path):
     assert rule_resources(res.stdout, "merge") == {"gpu": "1", "mem_mb": "24075", "runtime": "91"}
     assert rule_resources(res.stdout, "ffg") == {"gpu": "1", "mem_mb": "10030", "runtime": "51"}
     assert rule_resources(res.stdout, "download") == {"mem_mb": "1000", "runtime": "91"}
+
+
+def test_an_expert_without_moments_is_refused_only_where_they_are_read(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    expert = next(iter(cfg["models"]["experts"]))
+    del cfg["models"]["experts"][expert]["preconditioner"]  # e.g. a LoRA adapter from the hub
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode != 0
+    assert f"experts {expert} have no preconditioner, which the fisher FFG metric" in res.stdout + res.stderr
+    cfg["ffg"]["metrics"] = ["magnitude"]
+    cfg["merges"] = {"ties": {"method": "ties", "model_parameters": {"weight": 1.0, "density": 0.3}}}
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_demo_jobs_ask_for_no_gpu_and_small_memory(tmp_path):

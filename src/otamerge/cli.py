@@ -65,7 +65,7 @@ def _cmd_hessians(args: argparse.Namespace) -> None:
     cal = Calibration(args.calibration, args.samples, args.seqlen, args.seed)
     hessians, cached = hessians_cached(args.base, cal, args.out, progress=not args.quiet)
     how = "read from the cache" if cached else "collected"
-    print(f"{len(hessians)} Hessians {how}: {args.out}")
+    print(f"{len(hessians.names())} Hessians {how}: {args.out}")
 
 
 def _cmd_importance(args: argparse.Namespace) -> None:
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("hessians", help="calibration Hessians X^T X of the base's linear layers (cached)")
     h.add_argument("base", help="base model folder")
-    h.add_argument("out", help="Hessian cache (safetensors); reused when base and calibration are the same")
+    h.add_argument("out", help="Hessian cache folder (sharded safetensors); reused when base and calibration are the same")
     h.add_argument("--calibration", required=True, help="calibration text (.txt, or .jsonl with a text field)")
     h.add_argument("--samples", type=int, default=32, help="calibration windows")
     h.add_argument("--seqlen", type=int, default=128, help="tokens per window")
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=_cmd_hessians)
 
     im = sub.add_parser("importance", help="OBS (SparseGPT) importance from cached Hessians, for FFG and trim_by")
-    im.add_argument("hessians", help="Hessian cache written by otamerge hessians")
+    im.add_argument("hessians", help="Hessian cache folder written by otamerge hessians")
     im.add_argument("base", help="base model folder")
     im.add_argument("out", help="importance file (rank-1 moments format)")
     im.add_argument("--damping", type=float, default=0.01, help="added to H's diagonal, relative to its mean")

@@ -25,7 +25,8 @@ MANIFEST = "manifest.json"
 PRECONDITIONER = "preconditioner"  # + the source's suffix: where the moments land in the folder
 NEEDED = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
           "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-          "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"]
+          "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+          "adapter_config.json"]  # a LoRA expert: adapter_model.safetensors comes with *.safetensors
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ is
 
 (damping relative to the mean diagonal, as SparseGPT's percdamp, so that dead inputs do not
 make H singular). Hessians are collected decoder layer by decoder layer: only the
-calibration set's hidden states at one layer are held, never every layer's activations.
+calibration set's hidden states at one layer and that layer's Hessians are held, never
+every layer's activations; they are written as they are done, into a sharded
+safetensors folder keyed by the linear's weight name (the cache).
 
 The importance is written as a rank-1 moments file (row of ones, column 1/[H^-1]_jj^2),
 so FFG, threshold extraction and merges read it as they read compressed Adam moments.
@@ -24,17 +26,19 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from safetensors import safe_open
 from tqdm import tqdm
 
-from otamerge.atomic import atomic_file
+from otamerge.atomic import atomic_dir, atomic_file, check_space
 from otamerge.checkpoint import Checkpoint
 from otamerge.errors import OtaMergeError
 from otamerge.moments import META_KEY, Moments
+from otamerge.writer import ShardedWriter, TensorPlan
 
 HESSIAN_META = "otamerge_hessians"
+SHARD_BYTES = 5 << 30
 KIND = "sparsegpt"
 
 
@@ -107,9 +111,66 @@ def _accumulate(modules: dict[str, torch.nn.Linear], hessians: dict[str, torch.T
     return [mod.register_forward_pre_hook(hook(name)) for name, mod in modules.items()]
 
 
-def collect_hessians(model_dir: str | Path, cal: Calibration, progress: bool = True) -> dict[str, torch.Tensor]:
-    """H = X^T X (fp32, summed over every calibration token) of every nn.Linear's input,
-    keyed by the linear's weight name; one decoder layer at a time."""
+def _run_hooked(modules: dict[str, torch.nn.Linear], forward) -> dict[str, torch.Tensor]:
+    hessians: dict[str, torch.Tensor] = {}
+    hooks = _accumulate(modules, hessians)
+    try:
+        forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return hessians
+
+
+def _groups(model) -> list[dict[str, torch.nn.Linear]]:
+    """The linear layers by weight name, one group per decoder layer, then the output head."""
+    _, layers = _decoder(model)
+    names = {mod: name for name, mod in model.named_modules()}
+    groups = [{f"{names[m]}.weight": m for m in layer.modules() if isinstance(m, torch.nn.Linear)}
+              for layer in layers]
+    head = model.get_output_embeddings()
+    return groups + [{f"{names[head]}.weight": head}]
+
+
+def _stream(model, tokens: torch.Tensor, progress: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """(weight name, H) of every linear layer, decoder layer by decoder layer."""
+    decoder, layers = _decoder(model)
+    groups = _groups(model)
+    captured = []
+
+    def catch(module, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for row in tokens:  # the inputs of layer 0 and its keyword arguments (positions, mask)
+            try:
+                model(row[None], use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    for layer, group in zip(tqdm(layers, desc="calibration Hessians", unit="layer", disable=not progress), groups):
+        def forward():
+            for i, (args, kwargs) in enumerate(captured):
+                hidden = layer(*args, **kwargs)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+                captured[i] = ((hidden, *args[1:]), kwargs)
+        yield from _run_hooked(group, forward).items()
+    (head,) = groups[-1].values()
+
+    def forward_head():  # the output head's input: the final norm of the last hidden states
+        for args, _ in captured:
+            head(decoder.norm(args[0]))
+    yield from _run_hooked(groups[-1], forward_head).items()
+
+
+def collect_hessians(model_dir: str | Path, cal: Calibration, out_dir: str | Path, key: dict | None = None,
+                     progress: bool = True) -> None:
+    """Write H = X^T X (fp32, summed over every calibration token) of every nn.Linear's
+    input into the folder ``out_dir``, keyed by the linear's weight name. One decoder layer's
+    Hessians (fp64) are held at a time; the writer streams them out in its planned order."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
@@ -119,49 +180,15 @@ def collect_hessians(model_dir: str | Path, cal: Calibration, progress: bool = T
     if limit and cal.seqlen > limit:
         raise OtaMergeError(f"calibration seqlen {cal.seqlen} exceeds the model's {limit} positions")
     tokens = calibration_tokens(AutoTokenizer.from_pretrained(model_dir, local_files_only=True), cal)
-    decoder, layers = _decoder(model)
-    names = {mod: name for name, mod in model.named_modules()}
-    captured = []
-
-    def catch(module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _Stop
-
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        handle = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
-        try:
-            for row in tokens:  # the inputs of layer 0 and its keyword arguments (positions, mask)
-                try:
-                    model(row[None], use_cache=False)
-                except _Stop:
-                    pass
-        finally:
-            handle.remove()
-        for layer in tqdm(layers, desc="calibration Hessians", unit="layer", disable=not progress):
-            linears = {f"{names[m]}.weight": m for m in layer.modules() if isinstance(m, torch.nn.Linear)}
-            hessians: dict[str, torch.Tensor] = {}
-            hooks = _accumulate(linears, hessians)
-            try:
-                for i, (args, kwargs) in enumerate(captured):
-                    hidden = layer(*args, **kwargs)
-                    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-                    captured[i] = ((hidden, *args[1:]), kwargs)
-            finally:
-                for h in hooks:
-                    h.remove()
-            out.update({k: v.float() for k, v in hessians.items()})
-        head = model.get_output_embeddings()
-        hessians = {}
-        hooks = _accumulate({f"{names[head]}.weight": head}, hessians)
-        try:
-            for args, _ in captured:
-                head(decoder.norm(args[0]))
-        finally:
-            for h in hooks:
-                h.remove()
-        out.update({k: v.float() for k, v in hessians.items()})
-    return out
+    plans = [TensorPlan(name, (m.in_features, m.in_features), torch.float32)
+             for group in _groups(model) for name, m in group.items()]
+    check_space(sum(p.nbytes for p in plans), Path(out_dir).parent, f"calibration Hessians into {out_dir}")
+    meta = {HESSIAN_META: json.dumps(key if key is not None else cache_key(model_dir, cal), sort_keys=True)}
+    with torch.no_grad(), atomic_dir(out_dir) as tmp:
+        writer = ShardedWriter(tmp, plans, SHARD_BYTES, meta)
+        for name, h in _stream(model, tokens, progress):
+            writer.write(name, h.float())
+        writer.close()
 
 
 def cache_key(model_dir: str | Path, cal: Calibration) -> dict:
@@ -190,23 +217,30 @@ def _same_key(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
 
 
+def _cached_key(cache: Path) -> dict | None:
+    try:
+        ckpt = Checkpoint(cache, f"Hessian cache {cache}")
+    except OtaMergeError:
+        return None  # unreadable or partial: collected again
+    try:
+        return json.loads(ckpt.file_metadata().get(HESSIAN_META, "null"))
+    except ValueError:
+        return None
+    finally:
+        ckpt.close()
+
+
 def hessians_cached(model_dir: str | Path, cal: Calibration, cache: str | Path,
-                    progress: bool = True) -> tuple[dict[str, torch.Tensor], bool]:
-    """The Hessians from ``cache`` when it was made from the same base and calibration set,
-    else collected and written there; returns (hessians, read_from_cache)."""
+                    progress: bool = True) -> tuple[Checkpoint, bool]:
+    """The Hessians (read lazily) from the folder ``cache`` when it was made from the same
+    base and calibration set, else collected into it; returns (hessians, read_from_cache)."""
     cache = Path(cache)
     key = cache_key(model_dir, cal)
-    if cache.is_file():
-        try:
-            with safe_open(str(cache), "pt") as f:
-                meta = json.loads((f.metadata() or {}).get(HESSIAN_META, "{}"))
-                if _same_key(meta, key):
-                    return {k: f.get_tensor(k) for k in f.keys()}, True
-        except (OSError, ValueError, RuntimeError):
-            pass  # unreadable: collected again and overwritten
-    hessians = collect_hessians(model_dir, cal, progress)
-    write_safetensors(hessians, cache, {HESSIAN_META: json.dumps(key, sort_keys=True)})
-    return hessians, False
+    cached = cache.is_dir() and _cached_key(cache)
+    if cached and _same_key(cached, key):
+        return Checkpoint(cache, f"Hessian cache {cache}"), True
+    collect_hessians(model_dir, cal, cache, key, progress)
+    return Checkpoint(cache, f"Hessian cache {cache}"), False
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -236,7 +270,7 @@ def inverse_diagonal(h: torch.Tensor, damping: float) -> torch.Tensor:
     return torch.cholesky_inverse(factor).diagonal().clone()
 
 
-def obs_importance(hessians: dict[str, torch.Tensor], weights: Checkpoint, damping: float = 0.01,
+def obs_importance(hessians: Checkpoint, weights: Checkpoint, damping: float = 0.01,
                    progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """Rank-1 importance tensors per float weight of ``weights`` (the base), and the
     metadata naming the tensors that fell back to magnitude."""
@@ -244,10 +278,10 @@ def obs_importance(hessians: dict[str, torch.Tensor], weights: Checkpoint, dampi
     cols = {}
     for name in tqdm([n for n in names if n in hessians], desc="OBS importance", unit="tensor", disable=not progress):
         shape = weights.shape(name)
-        if len(shape) != 2 or hessians[name].shape != (shape[1], shape[1]):
-            raise OtaMergeError(f"Hessian of {name} has shape {list(hessians[name].shape)}, "
+        if len(shape) != 2 or hessians.shape(name) != (shape[1], shape[1]):
+            raise OtaMergeError(f"Hessian of {name} has shape {list(hessians.shape(name))}, "
                                 f"the weight {list(shape)}")
-        cols[name] = inverse_diagonal(hessians[name], damping).pow(-2).float()
+        cols[name] = inverse_diagonal(hessians.get(name), damping).pow(-2).float()
     if not cols:
         raise OtaMergeError("no Hessian matches a weight of the base model")
     scale = float(torch.cat(list(cols.values())).median())
@@ -274,14 +308,14 @@ def write_importance(hessians_path: str | Path, base_dir: str | Path, out: str |
     """The OBS importance of ``base_dir``'s weights from cached Hessians, as a rank-1
     moments file of kind "sparsegpt"; returns its metadata."""
     hessians_path = Path(hessians_path)
-    with safe_open(str(hessians_path), "pt") as f:
-        source = json.loads((f.metadata() or {}).get(HESSIAN_META, "{}"))
-        hessians = {k: f.get_tensor(k) for k in f.keys()}
+    hessians = Checkpoint(hessians_path, f"Hessian cache {hessians_path}")
     base = Checkpoint(base_dir, f"base model {base_dir}")
     try:
+        source = json.loads(hessians.file_metadata().get(HESSIAN_META, "{}"))
         tensors, info = obs_importance(hessians, base, damping, progress)
     finally:
         base.close()
+        hessians.close()
     meta = {"kind": KIND, "rank": 1, "source": str(hessians_path), "source_metadata": {**info, "calibration": source}}
     write_safetensors(tensors, Path(out), {META_KEY: json.dumps(meta, sort_keys=True)})
     return meta

@@ -81,8 +81,12 @@ def method_comparison(scores_csv: str | Path, out: str | Path, score_metric: str
     refs = avg[[not (m.startswith("merge/") or m.startswith("ffg/")) for m in avg.index]]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(merges) + 1.6))
     ax.barh([m.split("/", 1)[1] for m in merges.index], merges.values, color="tab:blue")
-    for (name, value), style in zip(refs.items(), itertools.cycle(["-", "--", ":", "-."])):
-        ax.axvline(value, color="black" if name == "base" else "tab:gray", linestyle=style, lw=1,
+    # the base in black; each expert its own colour (line styles alone repeat after four)
+    colors = itertools.cycle(["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
+    styles = itertools.cycle(["--", ":", "-."])
+    for name, value in refs.items():
+        base = name == "base"
+        ax.axvline(value, color="black" if base else next(colors), linestyle="-" if base else next(styles), lw=1,
                    label=f"{name} ({value:.3f})")
     ax.set_xlabel(f"average {score_metric} over tasks")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title="references", title_fontsize=7)

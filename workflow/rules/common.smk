@@ -212,6 +212,13 @@ def require_sections():
     if uses_obs and "sparsegpt" not in config:
         raise ValueError("ffg metric or trim_by sparsegpt needs a sparsegpt section "
                          "(calibration, samples, seqlen, damping)")
+    # an expert without moments (e.g. a LoRA adapter) only where no job reads them
+    needs = {e for e in EXPERTS if {"fisher", "fisher_rank1"} & set(METRICS)}
+    needs |= {e for m, s in MERGES.items() if merge_moments_kind(s) in ("full", "rank1") for e in merge_experts(m)}
+    lacking = sorted(e for e in needs if DEMO is None and not SOURCES[e].get("preconditioner"))
+    if lacking:
+        raise ValueError(f"experts {', '.join(lacking)} have no preconditioner, which the fisher FFG metric, "
+                         "OTA and trim_by fisher read (use magnitude or sparsegpt for them)")
     if "perplexity" in BACKENDS and not PERPLEXITY_TEXTS:
         raise ValueError("evaluation backend perplexity needs evaluation.perplexity.texts")
 

@@ -7,7 +7,7 @@ if "sparsegpt" in config:
             base=BASE,
             calibration=config["sparsegpt"]["calibration"],
         output:
-            "results/importance/hessians.safetensors",
+            directory("results/importance/hessians"),
         log:
             "logs/hessians/hessians.log",
         benchmark:
@@ -30,7 +30,7 @@ if "sparsegpt" in config:
     rule sparsegpt_importance:
         input:
             base=BASE,
-            hessians="results/importance/hessians.safetensors",
+            hessians="results/importance/hessians",
         output:
             IMPORTANCE,
         log:

@@ -8,4 +8,4 @@ with to_file(snakemake.log[0]):
     p = snakemake.params
     cal = Calibration(snakemake.input.calibration, p.samples, p.seqlen, p.seed)
     hessians, _ = hessians_cached(snakemake.input.base, cal, snakemake.output[0])
-    print(f"{len(hessians)} Hessians from {p.samples} windows of {p.seqlen} tokens")
+    print(f"{len(hessians.names())} Hessians from {p.samples} windows of {p.seqlen} tokens")
