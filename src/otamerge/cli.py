@@ -63,7 +63,7 @@ def _cmd_hessians(args: argparse.Namespace) -> None:
     from otamerge.hessians import Calibration, hessians_cached
 
     cal = Calibration(args.calibration, args.samples, args.seqlen, args.seed)
-    hessians, cached = hessians_cached(args.base, cal, args.out, progress=not args.quiet)
+    hessians, cached = hessians_cached(args.base, cal, args.out, progress=not args.quiet, device=args.device)
     how = "read from the cache" if cached else "collected"
     print(f"{len(hessians.names())} Hessians {how}: {args.out}")
 
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--samples", type=int, default=32, help="calibration windows")
     h.add_argument("--seqlen", type=int, default=128, help="tokens per window")
     h.add_argument("--seed", type=int, default=0, help="seed of the window offsets")
+    h.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     h.add_argument("--quiet", action="store_true")
     h.set_defaults(func=_cmd_hessians)
 

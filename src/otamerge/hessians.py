@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from otamerge.atomic import atomic_dir, atomic_file, check_space
 from otamerge.checkpoint import Checkpoint
+from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.moments import META_KEY, Moments
 from otamerge.writer import ShardedWriter, TensorPlan
@@ -95,7 +96,7 @@ def _decoder(model):
 
 
 class _Stop(Exception):
-    pass
+    """Raised by the hook on layer 0 once it has its inputs: the rest need not run."""
 
 
 def _accumulate(modules: dict[str, torch.nn.Linear], hessians: dict[str, torch.Tensor]) -> list:
@@ -107,7 +108,8 @@ def _accumulate(modules: dict[str, torch.nn.Linear], hessians: dict[str, torch.T
         return add
 
     for name, mod in modules.items():
-        hessians[name] = torch.zeros(mod.in_features, mod.in_features, dtype=torch.float64)
+        hessians[name] = torch.zeros(mod.in_features, mod.in_features, dtype=torch.float64,
+                                     device=mod.weight.device)
     return [mod.register_forward_pre_hook(hook(name)) for name, mod in modules.items()]
 
 
@@ -167,7 +169,7 @@ def _stream(model, tokens: torch.Tensor, progress: bool) -> Iterator[tuple[str, 
 
 
 def collect_hessians(model_dir: str | Path, cal: Calibration, out_dir: str | Path, key: dict | None = None,
-                     progress: bool = True) -> None:
+                     progress: bool = True, device: str = "auto") -> None:
     """Write H = X^T X (fp32, summed over every calibration token) of every nn.Linear's
     input into the folder ``out_dir``, keyed by the linear's weight name. One decoder layer's
     Hessians (fp64) are held at a time; the writer streams them out in its planned order."""
@@ -175,11 +177,12 @@ def collect_hessians(model_dir: str | Path, cal: Calibration, out_dir: str | Pat
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
                                                  trust_remote_code=False)
-    model.eval()
+    dev = pick_device(device)
+    model.eval().to(dev)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and cal.seqlen > limit:
         raise OtaMergeError(f"calibration seqlen {cal.seqlen} exceeds the model's {limit} positions")
-    tokens = calibration_tokens(AutoTokenizer.from_pretrained(model_dir, local_files_only=True), cal)
+    tokens = calibration_tokens(AutoTokenizer.from_pretrained(model_dir, local_files_only=True), cal).to(dev)
     plans = [TensorPlan(name, (m.in_features, m.in_features), torch.float32)
              for group in _groups(model) for name, m in group.items()]
     check_space(sum(p.nbytes for p in plans), Path(out_dir).parent, f"calibration Hessians into {out_dir}")
@@ -231,7 +234,7 @@ def _cached_key(cache: Path) -> dict | None:
 
 
 def hessians_cached(model_dir: str | Path, cal: Calibration, cache: str | Path,
-                    progress: bool = True) -> tuple[Checkpoint, bool]:
+                    progress: bool = True, device: str = "auto") -> tuple[Checkpoint, bool]:
     """The Hessians (read lazily) from the folder ``cache`` when it was made from the same
     base and calibration set, else collected into it; returns (hessians, read_from_cache)."""
     cache = Path(cache)
@@ -239,7 +242,7 @@ def hessians_cached(model_dir: str | Path, cal: Calibration, cache: str | Path,
     cached = cache.is_dir() and _cached_key(cache)
     if cached and _same_key(cached, key):
         return Checkpoint(cache, f"Hessian cache {cache}"), True
-    collect_hessians(model_dir, cal, cache, key, progress)
+    collect_hessians(model_dir, cal, cache, key, progress, device)
     return Checkpoint(cache, f"Hessian cache {cache}"), False
 
 
