@@ -37,9 +37,22 @@ def test_obs_saliency_of_a_linear_layer_equals_a_direct_computation():
     damping = 0.05
     h = x.numpy().T @ x.numpy()
     damped = h + damping * np.mean(np.diag(h)) * np.eye(6)
-    direct = t.numpy() ** 2 / np.diag(np.linalg.inv(damped))[None, :] ** 2
-    ours = hs.inverse_diagonal(torch.from_numpy(h), damping).pow(-2) * t.square()
+    direct = t.numpy() ** 2 / np.diag(np.linalg.inv(damped))[None, :]
+    ours = hs.inverse_diagonal(torch.from_numpy(h), damping).reciprocal() * t.square()
     np.testing.assert_allclose(ours.numpy(), direct, rtol=1e-10)
+    # SparseGPT's code: W^2 / diag(U)^2 with U the upper Cholesky factor of H^-1; U_00^2 is
+    # [H^-1]_00, so on its first column it is this saliency
+    u = np.linalg.cholesky(np.linalg.inv(damped)).T  # upper: H^-1 = U^T U
+    np.testing.assert_allclose(t.numpy()[:, 0] ** 2 / u[0, 0] ** 2, direct[:, 0], rtol=1e-10)
+    # OBS: the squared error of zeroing w_ij with row i's other entries compensating, by
+    # least squares on X directly (damping adds ridge rows sqrt(lambda) * I to X)
+    xd = np.vstack([x.numpy(), np.sqrt(damping * np.mean(np.diag(h))) * np.eye(6)])
+    w = t.numpy()[0]
+    for j in range(6):
+        others = [k for k in range(6) if k != j]
+        coef, *_ = np.linalg.lstsq(xd[:, others], xd @ w, rcond=None)
+        err = np.sum((xd @ w - xd[:, others] @ coef) ** 2)
+        assert err == pytest.approx(direct[0, j], rel=1e-8)
     weight = direct / t.numpy() ** 2  # per unit of t^2: a dead input matters least
     assert weight[0, 4] < weight[0, [0, 1, 2, 3, 5]].min() / 10
 
@@ -100,12 +113,12 @@ def test_ffg_with_sparsegpt_importance_keeps_the_top_obs_saliencies(fam, tmp_pat
     fallback = [n for n in names if n not in hessians]
     assert meta["source_metadata"]["fallback_magnitude"] == fallback
     assert "model.embed_tokens.weight" in fallback and "model.norm.weight" in fallback
-    # direct saliencies: t^2 / [H^-1]_jj^2 (numpy inverse) on linears; t^2 * median on the rest
+    # direct saliencies: t^2 / [H^-1]_jj (numpy inverse) on linears; t^2 * median on the rest
     cols = {}
     for n, h in hessians.items():
         h = h.double().numpy()
         inv = np.linalg.inv(h + 0.01 * np.mean(np.diag(h)) * np.eye(len(h)))
-        cols[n] = 1 / np.diag(inv) ** 2
+        cols[n] = 1 / np.diag(inv)
     scale = np.median(np.concatenate(list(cols.values())).astype(np.float32))
     sal = {n: (expert.get(n).double() - base.get(n).double()).numpy() ** 2 * (cols[n][None, :] if n in cols else scale)
            for n in names}

@@ -1,7 +1,7 @@
 """Fast Fisher Grafting: keep an expert's most salient edits, revert the rest to the base.
 
 saliency s = v * (w_expert - w_base)^2   (metric "fisher"; "magnitude": |w_expert - w_base|;
-                                         "sparsegpt": v is the OBS importance 1/[H^-1]_jj^2
+                                         "sparsegpt": v is the OBS importance 1/[H^-1]_jj
                                          of the base's calibration Hessians, hessians.py)
 
 ONE threshold over every parameter of the expert (embeddings, lm_head and norms too)
