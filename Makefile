@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-JOBS ?= 1
+# Snakemake's cores: every core of this machine (the outputs' bytes do not depend on it)
+JOBS ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
 
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local -j$(JOBS)
