@@ -112,6 +112,14 @@ def atomic_file(final: str | Path, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (name -> torch tensor) as one safetensors file, atomically."""
+    from safetensors.torch import save
+
+    with atomic_file(path, "wb") as fh:
+        fh.write(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
     with atomic_file(path) as fh:

@@ -38,7 +38,7 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
-from otamerge.atomic import atomic_dir, atomic_file, check_space
+from otamerge.atomic import atomic_dir, check_space, write_safetensors
 from otamerge.checkpoint import Checkpoint
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
@@ -227,17 +227,22 @@ def _same_key(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
 
 
-def _cached_key(cache: Path) -> dict | None:
+def _open_cache(cache: Path, key: dict) -> Checkpoint | None:
+    """The cache folder when it holds Hessians made with ``key``; None when it is absent,
+    unreadable, partial or made from other inputs (then it is collected again)."""
+    if not cache.is_dir():
+        return None
     try:
         ckpt = Checkpoint(cache, f"Hessian cache {cache}")
     except OtaMergeError:
-        return None  # unreadable or partial: collected again
-    try:
-        return json.loads(ckpt.file_metadata().get(HESSIAN_META, "null"))
-    except ValueError:
         return None
-    finally:
-        ckpt.close()
+    try:
+        if _same_key(json.loads(ckpt.file_metadata().get(HESSIAN_META, "null")) or {}, key):
+            return ckpt
+    except ValueError:
+        pass
+    ckpt.close()
+    return None
 
 
 def hessians_cached(model_dir: str | Path, cal: Calibration, cache: str | Path,
@@ -246,18 +251,11 @@ def hessians_cached(model_dir: str | Path, cal: Calibration, cache: str | Path,
     base and calibration set, else collected into it; returns (hessians, read_from_cache)."""
     cache = Path(cache)
     key = cache_key(model_dir, cal)
-    cached = cache.is_dir() and _cached_key(cache)
-    if cached and _same_key(cached, key):
-        return Checkpoint(cache, f"Hessian cache {cache}"), True
+    cached = _open_cache(cache, key)
+    if cached is not None:
+        return cached, True
     collect_hessians(model_dir, cal, cache, key, progress, device)
     return Checkpoint(cache, f"Hessian cache {cache}"), False
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
-
-    with atomic_file(path, "wb") as fh:
-        fh.write(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
 def check_importance_kind(moments: Moments, metric: str) -> None:
@@ -327,5 +325,5 @@ def write_importance(hessians_path: str | Path, base_dir: str | Path, out: str |
         base.close()
         hessians.close()
     meta = {"kind": KIND, "rank": 1, "source": str(hessians_path), "source_metadata": {**info, "calibration": source}}
-    write_safetensors(tensors, Path(out), {META_KEY: json.dumps(meta, sort_keys=True)})
+    write_safetensors(out, tensors, {META_KEY: json.dumps(meta, sort_keys=True)})
     return meta

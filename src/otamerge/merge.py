@@ -57,9 +57,9 @@ def make_plan(cfg: MergeConfig) -> Plan:
     """Open every input lazily and check names and shapes from the headers."""
     base = Checkpoint(resolve_model(cfg.base), f"base model {cfg.base}") if cfg.base else None
     models, moments = [], []
+    folders = [resolve_model(spec.ref) for spec in cfg.models]
     needs_moments = cfg.method.moments(cfg.params, [m.params for m in cfg.models])
-    for spec in cfg.models:
-        folder = resolve_model(spec.ref)
+    for spec, folder in zip(cfg.models, folders):
         models.append(open_model(folder, f"model {spec.ref}", base))
         if needs_moments:
             if not spec.params.get("preconditioner_path"):
@@ -75,9 +75,9 @@ def make_plan(cfg: MergeConfig) -> Plan:
     names = reference.names()
     for ckpt in models:
         check_compatible(reference, ckpt, names)
-    for mom, spec in zip(moments, cfg.models):
+    for mom, folder in zip(moments, folders):
         if mom is not None:
-            check_full_moments(mom, reference, names, resolve_model(spec.ref))
+            check_full_moments(mom, reference, names, folder)
     out = []
     for name in names:
         dt = reference.dtype(name)

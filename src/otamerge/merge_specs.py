@@ -7,9 +7,17 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-import pandas as pd
-
 from otamerge.errors import OtaMergeError
+
+
+def moments_kind(spec: dict[str, Any]) -> str | None:
+    """The curvature file each expert of a merge spec needs: its moments (OTA, trim_by
+    fisher: ``full`` or ``rank1``), the base's OBS importance (trim_by sparsegpt:
+    ``sparsegpt``), or None."""
+    trim = (spec.get("parameters") or {}).get("trim_by", "magnitude")
+    if spec["method"] == "ota" or trim == "fisher":
+        return spec.get("moments", "full")
+    return "sparsegpt" if trim == "sparsegpt" else None
 
 
 def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
@@ -20,7 +28,7 @@ def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
     trimming by curvature). Every expert gets the spec's ``model_parameters``, and its file
     as ``preconditioner_path`` where the method reads one.
     """
-    needs = spec["method"] == "ota" or (spec.get("parameters") or {}).get("trim_by", "magnitude") != "magnitude"
+    needs = moments_kind(spec) is not None
     models = []
     for name, folder in experts.items():
         params = dict(spec.get("model_parameters") or {})
@@ -46,6 +54,8 @@ def own_task_scores(rows_files: Iterable[str | Path], model_to_point: dict[str, 
     model_to_point maps a model name of the score rows to (expert, density); the expert
     itself is density 1.
     """
+    import pandas as pd  # here, not at the top: the workflow imports this module to build its DAG
+
     out = []
     for path in rows_files:
         for row in json.loads(Path(path).read_text()):

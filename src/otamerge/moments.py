@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
+from otamerge.atomic import write_safetensors
 from otamerge.checkpoint import Checkpoint
 from otamerge.errors import OtaMergeError
 
@@ -150,10 +150,7 @@ def compress(src: Moments, names: list[str], out: Path, rank: int = 1, progress:
     kind = "rank1" if rank == 1 else "rank-r"
     meta = {META_KEY: json.dumps({"kind": kind, "rank": rank, "source": str(src.path),
                                   "source_metadata": src.source_metadata}, sort_keys=True)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(out)
+    write_safetensors(out, tensors, meta)
     return report
 
 

@@ -5,6 +5,7 @@ from snakemake.utils import validate
 
 from otamerge.demo.settings import expert_config
 from otamerge.densities import density_label
+from otamerge.merge_specs import moments_kind as merge_moments_kind
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -111,15 +112,6 @@ def ffg_moments_kind(metric):
     return {"fisher": "full", "fisher_rank1": "rank1", "sparsegpt": "sparsegpt"}.get(metric)
 
 
-def merge_moments_kind(spec):
-    """The curvature file each expert of a merge needs: its moments (OTA, trim_by fisher),
-    the base's OBS importance (trim_by sparsegpt), or none."""
-    trim = (spec.get("parameters") or {}).get("trim_by", "magnitude")
-    if spec["method"] == "ota" or trim == "fisher":
-        return spec.get("moments", "full")
-    return "sparsegpt" if trim == "sparsegpt" else None
-
-
 def merge_experts(merge):
     return MERGES[merge].get("experts", EXPERTS)
 
@@ -151,8 +143,9 @@ def merge_config_inputs(wildcards):
     spec = MERGES[wildcards.merge]
     experts = merge_experts(wildcards.merge)
     inputs = {"experts": [expert_dir(e) for e in experts], "base": BASE}
-    if merge_moments_kind(spec):
-        inputs["moments"] = [moments_input(e, merge_moments_kind(spec)) for e in experts]
+    kind = merge_moments_kind(spec)
+    if kind:
+        inputs["moments"] = [moments_input(e, kind) for e in experts]
     if spec.get("ffg"):
         inputs["sweeps"] = [f"results/{p}" for p in ffg_points(wildcards.merge)]
         inputs["scores"] = [
@@ -166,8 +159,9 @@ def merge_config_params(wildcards):
     """The merge spec and only the settings its thresholds depend on."""
     spec = MERGES[wildcards.merge]
     experts = merge_experts(wildcards.merge)
+    kind = merge_moments_kind(spec)
     params = {"spec": spec, "experts": experts,
-              "moments": [moments_file(e, merge_moments_kind(spec)) for e in experts] if merge_moments_kind(spec) else []}
+              "moments": [moments_file(e, kind) for e in experts] if kind else []}
     if spec.get("ffg"):
         params["thresholds"] = {
             "fixed": {e: fixed_density(e) for e in experts if fixed_density(e)},

@@ -42,14 +42,14 @@ def importance(trim_by: str, delta: torch.Tensor, v: torch.Tensor | None) -> tor
 def _sparsified(kind: str | None, inputs: TensorInputs, i: int, delta: torch.Tensor) -> torch.Tensor:
     p = inputs.model_params[i]
     rescale = bool(inputs.params["rescale"])
+    trim_by = inputs.params.get("trim_by", "magnitude")
     if kind == "magnitude":
-        scores = importance(inputs.params.get("trim_by", "magnitude"), delta, inputs.moments[i])
-        return sparsify.magnitude(delta, p["density"], rescale, scores)
+        return sparsify.magnitude(delta, p["density"], rescale, importance(trim_by, delta, inputs.moments[i]))
     if kind == "random":
         gen = model_generator(inputs.seed, inputs.name, i)
         return sparsify.dare(delta, p["density"], gen, rescale)
     if kind == "breadcrumbs":
-        scores = importance(inputs.params.get("trim_by", "magnitude"), delta, inputs.moments[i])
+        scores = importance(trim_by, delta, inputs.moments[i])
         return sparsify.breadcrumbs(delta, p["density"], p["gamma"], rescale, scores)
     return delta
 
