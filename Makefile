@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 JOBS ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
 
 demo: $(VENV)/.installed
-	$(BIN)/snakemake --profile profiles/local -j$(JOBS)
+	$(BIN)/snakemake --profile profiles/local --cores $(JOBS)
 	$(BIN)/snakemake --report results/report.html
 	@echo "summary tables: results/summary/accuracy.md results/summary/sweep.md results/summary/thresholds.csv"
 	@echo "report: results/report.html"

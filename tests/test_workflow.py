@@ -17,7 +17,7 @@ from snakemake.utils import validate
 from otamerge.checkpoint import Checkpoint
 
 from conftest import REPO, build_tiny, default_config, tiny_config
-from workflow_utils import job_counts, rule_resources, snakemake
+from workflow_utils import job_counts, most_threads_at_once, rule_resources, snakemake
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 
@@ -283,6 +283,8 @@ def test_full_demo_experts_beat_the_base_on_their_own_task(tmp_path):
     targets = [f"results/evaluation/builtin/{m}.json" for m in ["base", *cfg["demo"]["experts"]]]
     res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j2", *targets, config=cfg)
     assert res.returncode == 0, res.stderr[-3000:]
+    # 2-thread training jobs one at a time on 2 cores (two at once ran each 4-8x slower)
+    assert most_threads_at_once(res.stderr) == 2
     em = {}
     for t in targets:
         for row in yaml.safe_load((tmp_path / t).read_text()):

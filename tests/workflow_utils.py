@@ -35,3 +35,23 @@ def rule_resources(output: str, rule: str) -> dict[str, str]:
     line = re.search(r"^\s*resources: (.*)$", block, re.M)[1]
     pairs = dict(kv.split("=", 1) for kv in line.split(", "))
     return {k: pairs[k] for k in ("gpu", "mem_mb", "runtime") if k in pairs}
+
+
+def most_threads_at_once(printout: str) -> int:
+    """The most threads that the jobs of a local run held at one moment, from its printout
+    (a job's block gives its jobid and, above one, its threads; 'Finished jobid' ends it)."""
+    running: dict[str, int] = {}
+    job, most = None, 0
+    for line in printout.splitlines():
+        text = line.strip()
+        if re.fullmatch(r"(local)?rule \w+:", text):
+            job = None
+        elif text.startswith("jobid:") and job is None:
+            job = text.split()[1]
+            running[job] = 1
+        elif text.startswith("threads:") and job is not None:
+            running[job] = int(text.split()[1])
+        elif m := re.match(r"Finished jobid: (\d+)", text):
+            running.pop(m[1], None)
+        most = max(most, sum(running.values()))
+    return most
