@@ -1,7 +1,8 @@
 """Agreement with PyPI mergekit==0.1.5 on tiny random Llama checkpoints.
 
 mergekit lives in its own virtual environment (`make test` creates .venv-mergekit); the
-tests find `mergekit-yaml` there or through MERGEKIT_YAML. CI sets
+tests find `mergekit-yaml` there or through MERGEKIT_YAML, and run its command
+(in its venv's python) once for all configs. CI sets
 OTAMERGE_REQUIRE_MERGEKIT=1 so that a missing mergekit fails instead of skipping.
 """
 
@@ -59,15 +60,44 @@ def _config(family, case: str, out_dtype: str | None, dtype: str = "float32") ->
     return cfg
 
 
-def _both(family, tmp_path, cfg) -> tuple[dict, dict]:
-    (tmp_path / "c.yml").write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([str(MERGEKIT), str(tmp_path / "c.yml"), str(tmp_path / "mk")],
-                         capture_output=True, text=True)
+# mergekit-yaml's own command, called once per config in one process: importing mergekit
+# takes about 8 s, which 21 separate processes would pay 21 times
+DRIVER = """
+import sys
+from mergekit.scripts.run_yaml import main
+args = sys.argv[1:]
+for config, out in zip(args[::2], args[1::2]):
+    main([config, out], standalone_mode=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def bf16_family(tmp_path_factory):
+    return make_family(tmp_path_factory.mktemp("bf16"), n_experts=3, seed=5, dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def mergekit(family, bf16_family, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
+    """Every config of this module, merged by mergekit-yaml 0.1.5: key -> (config, output)."""
+    cfgs = {f"{case}-{out}": _config(family, case, out) for case in CASES for out in (None, "bfloat16")}
+    cfgs["bf16-compute"] = _config(bf16_family, "task_arithmetic", None, dtype="bfloat16")
+    root = tmp_path_factory.mktemp("mergekit")
+    args = []
+    for key, cfg in cfgs.items():
+        (root / f"{key}.yml").write_text(yaml.safe_dump(cfg))
+        args += [str(root / f"{key}.yml"), str(root / key)]
+    res = subprocess.run([str(MERGEKIT.parent / "python"), "-c", DRIVER, *args], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+    return {key: (cfg, root / key) for key, cfg in cfgs.items()}
+
+
+def _both(mergekit, tmp_path, key) -> tuple[dict, dict]:
+    cfg, mk_out = mergekit[key]
     run_merge(parse_config(cfg), tmp_path / "ours", MergeOptions(progress=False))
     theirs = {}
-    for f in sorted((tmp_path / "mk").glob("*.safetensors")):
+    for f in sorted(mk_out.glob("*.safetensors")):
         theirs.update(load_file(f))
+    assert theirs, f"mergekit wrote no tensors for {key}"
     return load_file(tmp_path / "ours/model.safetensors"), theirs
 
 
@@ -82,8 +112,8 @@ def ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("out_dtype", [None, "bfloat16"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_equal_to_mergekit_within_one_ulp(family, tmp_path, case, out_dtype):
-    ours, theirs = _both(family, tmp_path, _config(family, case, out_dtype))
+def test_equal_to_mergekit_within_one_ulp(mergekit, tmp_path, case, out_dtype):
+    ours, theirs = _both(mergekit, tmp_path, f"{case}-{out_dtype}")
     assert set(ours) == set(theirs)
     worst = max(float(ulps(ours[k], theirs[k]).max()) for k in ours)
     diff = max(float((ours[k].double() - theirs[k].double()).abs().max()) for k in ours)
@@ -92,12 +122,11 @@ def test_equal_to_mergekit_within_one_ulp(family, tmp_path, case, out_dtype):
     assert worst <= 1.0
 
 
-def test_bf16_compute_is_closer_to_fp64_than_mergekits(tmp_path_factory):
+def test_bf16_compute_is_closer_to_fp64_than_mergekits(mergekit, bf16_family, tmp_path):
     """At dtype: bfloat16 mergekit rounds every intermediate of task arithmetic to bf16;
     we compute in fp32 and round once, which is closer to the exact (fp64) result."""
-    fam = make_family(tmp_path_factory.mktemp("bf16"), n_experts=3, seed=5, dtype=torch.bfloat16)
-    cfg = _config(fam, "task_arithmetic", None, dtype="bfloat16")
-    ours, theirs = _both(fam, tmp_path_factory.mktemp("out"), cfg)
+    fam = bf16_family
+    ours, theirs = _both(mergekit, tmp_path, "bf16-compute")
     base = load_file(fam["base"] / "model.safetensors")
     experts = [load_file(fam[f"expert{i}"] / "model.safetensors") for i in range(3)]
     err_ours = err_theirs = 0.0
