@@ -34,8 +34,14 @@ $(MERGEKIT_VENV)/.installed:
 	$(MERGEKIT_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC) mergekit==0.1.5
 	touch $@
 
+# Tests in two steps: all but the full-demo training on every core (pytest-xdist; torch at
+# one thread per process, so two workers never spin-wait on each other's threads), then
+# the full demo alone (its 2-thread training jobs slow down many times on a shared CPU).
+TEST_WORKERS ?= $(JOBS)
+PYTEST := MERGEKIT_YAML=$(abspath $(MERGEKIT_VENV))/bin/mergekit-yaml $(BIN)/python -m pytest
 test: $(VENV)/.installed $(MERGEKIT_VENV)/.installed
-	MERGEKIT_YAML=$(abspath $(MERGEKIT_VENV))/bin/mergekit-yaml $(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(PYTEST) -m "not slow" -n $(TEST_WORKERS) --dist worksteal
+	$(PYTEST) -m slow
 
 lint: $(VENV)/.installed
 	$(BIN)/snakemake --lint

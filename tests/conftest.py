@@ -47,6 +47,11 @@ def build_tiny(out: Path, cfg: dict) -> Path:
     return out
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """The long end-to-end runs first (a stable sort: the rest keep their order)."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("demo"), tiny_config())

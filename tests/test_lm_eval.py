@@ -2,6 +2,7 @@
 runs on tiny demo models over the task files it writes (offline)."""
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -90,8 +91,14 @@ def test_a_missing_executable_says_which_setting_to_change(tiny_demo, tmp_path):
 
 
 def test_a_failing_run_is_a_clear_error(tiny_demo, tmp_path):
-    with pytest.raises(OtaMergeError, match=r"lm_eval exited with 1 for .*base: .*no_such_task"):
-        evaluate(tiny_demo / "base", "base", ["no_such_task_xyz"], tmp_path / "out", {}, 5, 0)
+    """lm_eval fails loading a model whose weights are not safetensors: one line with its
+    exit code and its last error line. (A broken model rather than an unknown task:
+    lm_eval indexes its 27,000 bundled task files before it names an unknown one, 15 s.)"""
+    broken = tmp_path / "base"
+    shutil.copytree(tiny_demo / "base", broken)
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(OtaMergeError, match=r"^lm_eval exited with 1 for .*base: .*SafetensorError: .*header"):
+        evaluate(broken, "base", ["add"], tmp_path / "out", {}, 5, 0)
 
 
 @pytest.fixture(scope="module")

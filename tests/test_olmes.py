@@ -72,6 +72,7 @@ def test_a_missing_executable_says_which_setting_to_change(model, tmp_path):
         evaluate(model, "base", ["gsm8k::tulu"], tmp_path / "out", {"executable": "/nonexistent/olmes"})
 
 
+@pytest.mark.long
 def test_workflow_scores_every_model_with_olmes(tmp_path):
     """The tiny demo through the olmes backend (the stand-in): base, experts, grafted
     experts at their fixed densities and merges, in one table."""

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import REPO, tiny_config
@@ -91,6 +92,7 @@ def _pbs_requests(state) -> dict[str, list[dict]]:
     return out
 
 
+@pytest.mark.long
 def test_pbs_profile_runs_jobs_of_every_kind_against_a_pbs_stand_in(tmp_path):
     """Jobs of the tiny demo (training, FFG, merge, evaluation) go through submit.py ->
     qsub -> status.py -> qstat, with one GPU asked for by the GPU rules; the first merge

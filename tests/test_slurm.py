@@ -38,6 +38,7 @@ def _jobs_of(workdir) -> dict[str, dict[str, str]]:
     return jobs
 
 
+@pytest.mark.long
 def test_slurm_profile_runs_jobs_with_their_resources_on_a_real_slurm(tmp_path):
     assert _slurm_up(), "OTAMERGE_REQUIRE_SLURM=1 but sinfo shows no usable node"
     cfg = tiny_config()
