@@ -291,7 +291,7 @@ def test_full_demo_experts_beat_the_base_on_their_own_task(tmp_path):
     targets = [f"results/evaluation/builtin/{m}.json" for m in ["base", *cfg["demo"]["experts"]]]
     res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j2", *targets, config=cfg)
     assert res.returncode == 0, res.stderr[-3000:]
-    # 2-thread training jobs one at a time on 2 cores (two at once ran each 4-8x slower)
+    # 2-thread training jobs one at a time on 2 cores (two at once: 127 s per expert, not 16-21 s)
     assert most_threads_at_once(res.stderr) == 2
     em = {}
     for t in targets:
