@@ -1,5 +1,7 @@
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -18,63 +20,54 @@ def _jobscript(tmp_path, props):
     return js
 
 
-def test_pbs_submit_requests_cpus_memory_walltime_and_gpus(tmp_path):
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "qsub").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$QSUB_ARGS"\necho 123.pbs\n')
-    (fake / "qsub").chmod(0o755)
-    js = _jobscript(tmp_path, {"rule": "merge; rm -rf $(x)", "threads": 4, "wildcards": {"merge": "a b'\"c"},
-                               "resources": {"mem_mb": 32000, "runtime": 90, "gpu": 1,
-                                             "pbs_queue": "gpu;reboot", "pbs_account": ""}})
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "QSUB_ARGS": str(tmp_path / "args")}
-    res = subprocess.run([sys.executable, str(PBS / "submit.py"), str(js)], capture_output=True,
-                         text=True, env=env, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "123.pbs"
-    assert (tmp_path / "args").read_text().splitlines() == [
-        "-N", "smk-merge__rm_-rf___x_-a_b__c", "-l", "select=1:ncpus=4:mem=32000mb:ngpus=1",
-        "-l", "walltime=01:30:00", "-j", "oe", "-o", "logs/pbs", "-q", "gpu;reboot", str(js)]
-
-
-def test_pbs_status_reads_qstat_json():
-    sys.path.insert(0, str(PBS))
-    try:
-        from status import state, traced_state
-    finally:
-        sys.path.remove(str(PBS))
-    done = {"Jobs": {"7.pbs": {"job_state": "F", "Exit_status": 0}}}
-    failed = {"Jobs": {"7.pbs": {"job_state": "F", "Exit_status": 271}}}
-    queued = {"Jobs": {"7.pbs": {"job_state": "Q"}}}
-    running = {"Jobs": {"7.pbs": {"job_state": "R"}}}
-    assert [state(json.dumps(x), "7.pbs") for x in (done, failed, queued, running)] == [
-        "success", "failed", "running", "running"]
-    log = "11/23/2026 10:00:01  S    Exit_status=0 resources_used.cput=00:00:03\n"
-    assert traced_state(log) == "success" and traced_state(log.replace("=0", "=271")) == "failed"
-    assert traced_state("no records") is None
-
-
-def _status_with(tmp_path, qstat: str, tracejob: str = "exit 1") -> str:
-    """Run status.py with stand-ins for qstat and tracejob on PATH."""
+def _submit(tmp_path, props) -> subprocess.CompletedProcess:
+    """Run submit.py on a jobscript with ``props``, with a qsub stand-in that records its
+    arguments."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
-    for name, body in (("qstat", qstat), ("tracejob", tracejob)):
-        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
-        (fake / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
-    res = subprocess.run([sys.executable, str(PBS / "status.py"), "7.pbs"], capture_output=True, text=True,
-                         env=env)
-    assert res.returncode == 0 and res.stdout.count("\n") == 1, res
-    return res.stdout.strip()
+    (fake / "qsub").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$QSUB_ARGS"\necho 123.pbs\n')
+    (fake / "qsub").chmod(0o755)
+    js = _jobscript(tmp_path, props)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "QSUB_ARGS": str(tmp_path / "args")}
+    return subprocess.run([sys.executable, str(PBS / "submit.py"), str(js)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
 
 
-def test_pbs_status_script_always_prints_one_state_and_exits_zero(tmp_path):
-    done = json.dumps({"Jobs": {"7.pbs": {"job_state": "F", "Exit_status": 0}}})
-    assert _status_with(tmp_path, f"echo '{done}'") == "success"
-    unknown = "echo 'qstat: Unknown Job Id 7.pbs' >&2; exit 153"
-    assert _status_with(tmp_path, unknown) == "failed"
-    assert _status_with(tmp_path, unknown, "echo 'S Exit_status=0'") == "success"
-    assert _status_with(tmp_path, "echo 'cannot connect to server' >&2; exit 1") == "running"
-    assert _status_with(tmp_path, "echo 'not json'") == "running"
+def test_pbs_submit_requests_cpus_memory_walltime_and_gpus(tmp_path):
+    res = _submit(tmp_path, {"rule": "merge; rm -rf $(x)", "threads": 4, "wildcards": {"merge": "a b'\"c"},
+                             "resources": {"mem_mb": 32000, "runtime": 90, "gpu": 1,
+                                           "pbs_queue": "gpu-q", "pbs_account": ""}})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "123.pbs"
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:-1] == [
+        "-N", "smk-merge__rm_-rf___x_-a_b__c", "-l", "select=1:ncpus=4:mem=32000mb:ngpus=1",
+        "-l", "walltime=01:30:00", "-S", "/bin/sh", "-j", "oe", "-o", "logs/pbs", "-q", "gpu-q"]
+    # the script submitted is the wrapper that runs the jobscript and records its exit status
+    assert re.fullmatch(r"logs/pbs/jobs/smk-merge__rm_-rf___x_-a_b__c\.[0-9a-f]{10}\.sh", args[-1])
+    assert shlex.quote(str(tmp_path / "snakejob.sh")) in (tmp_path / args[-1]).read_text()
+    record = json.loads((tmp_path / "logs/pbs/jobs/id-123.pbs.json").read_text())
+    assert record["exit_record"] == str(tmp_path / args[-1]).replace(".sh", ".exit")
+    assert (record["dialect"], record["state_timeout"]) == ("pro", 180)
+
+
+def test_pbs_submit_torque_dialect_and_refused_values(tmp_path):
+    res = _submit(tmp_path, {"rule": "ffg", "threads": 2, "wildcards": {},
+                             "resources": {"mem_mb": 4000, "runtime": 20, "gpu": 1, "pbs_dialect": "torque",
+                                           "pbs_state_timeout": 60, "pbs_account": "proj.1"}})
+    assert res.returncode == 0, res.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    token = args[-1][len("logs/pbs/jobs/"):-len(".sh")]
+    assert args[:-1] == ["-N", "smk-ffg", "-l", "nodes=1:ppn=2:gpus=1,mem=4000mb,walltime=00:20:00",
+                         "-S", "/bin/sh", "-j", "oe", "-o", f"logs/pbs/jobs/{token}.log", "-A", "proj.1"]
+    assert json.loads((tmp_path / "logs/pbs/jobs/id-123.pbs.json").read_text())["state_timeout"] == 60
+    # a queue some qsub front ends would hand to a shell, an unknown dialect: refused, nothing submitted
+    for bad, message in (({"pbs_queue": "gpu;reboot"}, "pbs_queue 'gpu;reboot' has characters"),
+                         ({"pbs_dialect": "lsf"}, "pbs_dialect must be one of pro, torque, not 'lsf'")):
+        (tmp_path / "args").unlink(missing_ok=True)
+        res = _submit(tmp_path, {"rule": "ffg", "resources": {"mem_mb": 1000, **bad}})
+        assert res.returncode != 0 and message in res.stderr
+        assert not (tmp_path / "args").exists()
 
 
 def test_profiles_name_their_executors():
