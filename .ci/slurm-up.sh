@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# A real single-node SLURM (Debian's slurm-wlm) on 127.0.0.1 for tests/test_slurm.py.
+# A real single-node SLURM (Debian's slurm-wlm) on 127.0.0.1 for tests/test_slurm.py, with
+# Debian's slurm-wlm-torque (Torque-style qsub/qstat/qdel over SLURM) for the PBS
+# profile's torque dialect in tests/test_pbs_torque.py.
 # Needs root and Debian's package registry; started without systemd. One node named
 # after `hostname -s` with one count-only GPU (a gres backed by an empty file, no real
 # device) per CPU so that `sbatch --gpus=1` jobs schedule and still run side by side. No accounting daemon: the tests ask the
@@ -7,10 +9,10 @@
 # Usage: SLURM_TEST_DIR=/tmp/slurm .ci/slurm-up.sh      (prints sinfo when ready)
 set -euo pipefail
 D=${SLURM_TEST_DIR:?set SLURM_TEST_DIR to a scratch folder}
-if ! command -v slurmctld >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! dpkg -s slurm-wlm-torque >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    slurmctld slurmd slurm-client munge >/dev/null
+    slurmctld slurmd slurm-client munge slurm-wlm-torque >/dev/null
 fi
 mkdir -p "$D"/{state,spool,log}
 [ -s /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key
