@@ -6,6 +6,7 @@ Skipped where that client or SLURM is missing, unless OTAMERGE_REQUIRE_SLURM=1 (
 makes it a failure.
 """
 
+import json
 import os
 import re
 import shutil
@@ -60,7 +61,7 @@ def _slurm_jobs_in(workdir) -> dict[str, list[dict[str, str]]]:
 def _jobscript(path, rule: str, body: str, **resources):
     props = {"rule": rule, "threads": 1, "wildcards": {},
              "resources": {"runtime": 5, "pbs_dialect": "torque", **resources}}
-    path.write_text(f"#!/bin/sh\n# properties = {__import__('json').dumps(props)}\n{body}\n")
+    path.write_text(f"#!/bin/sh\n# properties = {json.dumps(props)}\n{body}\n")
     return path
 
 
