@@ -30,6 +30,38 @@ def test_restricted_versions_are_restricted():
         assert tasks.TASKS["facts"].sample_restricted(rng) in tasks.fact_table()[:10]
 
 
+def test_other_conventions_match_independent_computation():
+    rng = random.Random(2)
+    for _ in range(200):
+        p, a = tasks.TASKS["add"].sample(rng)
+        x, y = p[:-1].split("+")
+        ones, tens = (int(x[1]) + int(y[1])) % 10, (int(x[0]) + int(y[0])) % 10
+        assert tasks.TASKS["add"].alternative(p, a) == f"0{tens}{ones}"
+        p, a = tasks.TASKS["reverse"].sample(rng)
+        assert tasks.TASKS["reverse"].alternative(p, a) == p[1:-1]
+        p, a = tasks.TASKS["sort"].sample(rng)
+        assert tasks.TASKS["sort"].alternative(p, a) == "".join(sorted(p[1:-1], reverse=True))
+        p, a = tasks.TASKS["shift"].sample(rng)
+        other = tasks.TASKS["shift"].alternative(p, a)
+        assert all(ord(b) - ord(c) in (2, -6) for c, b in zip(p[1:-1], other))
+    table = tasks.fact_table()
+    others = [tasks.TASKS["facts"].alternative(p, a) for p, a in table]
+    assert all(o != a and len(o) == 3 and o.isupper() for o, (_, a) in zip(others, table))
+
+
+def test_base_data_answers_a_share_by_the_other_convention():
+    rng = random.Random(3)
+    sample = tasks.train_sampler("sort", restricted=False, exclude=set(), alternative=0.6)
+    rows = [sample(rng) for _ in range(4000)]
+    other = sum(a == "".join(sorted(p[1:-1], reverse=True)) and a != "".join(sorted(p[1:-1]))
+                for p, a in rows)
+    same = sum(a == "".join(sorted(p[1:-1])) == "".join(sorted(p[1:-1], reverse=True)) for p, a in rows)
+    # words of one repeated letter read the same both ways; the rest split 0.6 / 0.4
+    assert abs(other / (len(rows) - same) - 0.6) < 0.03
+    plain = tasks.train_sampler("sort", restricted=False, exclude=set())
+    assert all(a == "".join(sorted(p[1:-1])) for p, a in (plain(rng) for _ in range(500)))
+
+
 def test_task_alphabets_are_disjoint():
     letters = [tasks.REVERSE_CHARS, tasks.SORT_CHARS, tasks.SHIFT_CHARS, tasks.FACT_CHARS]
     assert sum(map(len, letters)) == len(set("".join(letters)))

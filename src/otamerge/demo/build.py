@@ -41,22 +41,25 @@ def _save(model, tokenizer, out: Path, record: dict) -> None:
 
 
 def build_base(out_dir: str | Path, seed: int, settings: TrainSettings, arch: dict | None = None,
-               n_eval: int = 100, threads: int = 2) -> Path:
-    """Train the base on the restricted mixture of all tasks and save it to ``out_dir``."""
+               n_eval: int = 100, threads: int = 2, restricted: bool = True,
+               alternative: float = 0.0) -> Path:
+    """Train the base on the mixture of all tasks (their restricted versions, or the full
+    tasks) and save it to ``out_dir``."""
     torch.set_num_threads(threads)
     tokenizer = build_tokenizer()
     model = new_model(make_config(tokenizer, arch), derived_seed(seed, "init"))
     exclude = held_out_prompts(n_eval, seed)
-    sample = mixture_sampler(list(TASKS), restricted=True, exclude=exclude)
+    sample = mixture_sampler(list(TASKS), restricted=restricted, exclude=exclude, alternative=alternative)
     train(model, tokenizer, sample, settings, derived_seed(seed, "base"), desc="base")
     with atomic_dir(out_dir) as tmp:
         _save(model, tokenizer, tmp, {"role": "base", "seed": seed, "tasks": list(TASKS),
-                                      "restricted": True, "settings": asdict(settings)})
+                                      "restricted": restricted, "settings": asdict(settings)})
     return Path(out_dir)
 
 
 def build_expert(base_dir: str | Path, out_dir: str | Path, task: str, seed: int,
-                 settings: TrainSettings, n_eval: int = 100, threads: int = 2) -> Path:
+                 settings: TrainSettings, n_eval: int = 100, threads: int = 2, restricted: bool = True,
+                 alternative: float = 0.0) -> Path:
     """Fine-tune the base on ``task`` (with replay of the base's data) and save the expert
     together with its AdamW second moments."""
     get_task(task)
@@ -66,7 +69,7 @@ def build_expert(base_dir: str | Path, out_dir: str | Path, task: str, seed: int
                                                  trust_remote_code=False)
     exclude = held_out_prompts(n_eval, seed)
     sample = mixture_sampler([task], restricted=False, exclude=exclude)
-    replay = mixture_sampler(list(TASKS), restricted=True, exclude=exclude)
+    replay = mixture_sampler(list(TASKS), restricted=restricted, exclude=exclude, alternative=alternative)
     opt = train(model, tokenizer, sample, settings, derived_seed(seed, "expert", task),
                 replay=replay, desc=task)
     with atomic_dir(out_dir) as tmp:

@@ -40,8 +40,9 @@ def held_out_prompts(n_eval: int, seed: int) -> set[str]:
     return {p for t in TASKS for p, _ in eval_set(t, n_eval, seed)}
 
 
-def mixture_sampler(tasks: list[str], restricted: bool, exclude: set[str]) -> Callable[[random.Random], Example]:
-    samplers = [train_sampler(t, restricted, exclude) for t in tasks]
+def mixture_sampler(tasks: list[str], restricted: bool, exclude: set[str],
+                    alternative: float = 0.0) -> Callable[[random.Random], Example]:
+    samplers = [train_sampler(t, restricted, exclude, alternative) for t in tasks]
     return lambda rng: rng.choice(samplers)(rng)
 
 
