@@ -7,7 +7,7 @@ does, OTA without masks, Fisher averaging, linear, TIES at density 0.3, task ari
 enough to rank designs in minutes; the numbers a design is judged by in the end come from
 the workflow itself (`make demo`, config/demo-seeds.yaml).
 
-    python benchmarks/demo_design.py --seed 0 --set base.steps=800 --set expert_defaults.lr=3e-4
+    python benchmarks/demo_design.py --work /tmp/d --seed 0 --set base.alternative=0.5 --set expert_defaults.lr=3e-4
 
 prints one JSON line: base, expert and merge exact match on each own task, and retention
 = mean over experts of (merge - base) / (expert - base).
@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from otamerge.demo.build import build_base, build_expert
-from otamerge.demo.settings import expert_config, train_settings
+from otamerge.demo.settings import base_data, expert_config, train_settings
 from otamerge.evaluation.builtin import evaluate, load_model
 
 DENSITIES = (0.05, 0.1, 0.2, 0.4)
@@ -99,14 +99,12 @@ def run(cfg: dict, seed: int, work: str, threads: int) -> dict:
     t0 = time.time()
     common = {"seed": seed, "n_eval": demo["n_eval"], "threads": threads}
     build_base(f"{work}/base", settings=train_settings(demo["base"]), arch=demo.get("arch"),
-               restricted=demo["base"].get("restricted", True),
-               alternative=demo["base"].get("alternative", 0.0), **common)
+               **base_data(demo), **common)
     t_base = time.time() - t0
     tasks = {e: s["task"] for e, s in demo["experts"].items()}
     for e, task in tasks.items():
         build_expert(f"{work}/base", f"{work}/experts/{e}", task, settings=train_settings(expert_config(demo, e)),
-                     restricted=demo["base"].get("restricted", True),
-               alternative=demo["base"].get("alternative", 0.0), **common)
+                     **base_data(demo), **common)
     t_experts = time.time() - t0 - t_base
     model, tok = load_model(f"{work}/base")
     all_tasks = sorted(set(tasks.values()))

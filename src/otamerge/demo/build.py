@@ -41,7 +41,7 @@ def _save(model, tokenizer, out: Path, record: dict) -> None:
 
 
 def build_base(out_dir: str | Path, seed: int, settings: TrainSettings, arch: dict | None = None,
-               n_eval: int = 100, threads: int = 2, restricted: bool = True,
+               n_eval: int = 100, threads: int = 2, restricted: bool = False,
                alternative: float = 0.0) -> Path:
     """Train the base on the mixture of all tasks (their restricted versions, or the full
     tasks) and save it to ``out_dir``."""
@@ -53,15 +53,17 @@ def build_base(out_dir: str | Path, seed: int, settings: TrainSettings, arch: di
     train(model, tokenizer, sample, settings, derived_seed(seed, "base"), desc="base")
     with atomic_dir(out_dir) as tmp:
         _save(model, tokenizer, tmp, {"role": "base", "seed": seed, "tasks": list(TASKS),
-                                      "restricted": restricted, "settings": asdict(settings)})
+                                      "restricted": restricted, "alternative": alternative,
+                                      "settings": asdict(settings)})
     return Path(out_dir)
 
 
 def build_expert(base_dir: str | Path, out_dir: str | Path, task: str, seed: int,
-                 settings: TrainSettings, n_eval: int = 100, threads: int = 2, restricted: bool = True,
+                 settings: TrainSettings, n_eval: int = 100, threads: int = 2, restricted: bool = False,
                  alternative: float = 0.0) -> Path:
-    """Fine-tune the base on ``task`` (with replay of the base's data) and save the expert
-    together with its AdamW second moments."""
+    """Fine-tune the base on ``task`` (replaying the base's data, drawn as ``restricted``
+    and ``alternative`` say, in a share of each batch) and save the expert together with
+    its AdamW second moments."""
     get_task(task)
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, trust_remote_code=False)

@@ -36,3 +36,12 @@ def expert_config(demo: dict[str, Any], expert: str) -> dict[str, Any]:
     """An expert's training settings: ``expert_defaults`` overridden by its own keys."""
     merged = {**demo.get("expert_defaults", {}), **demo["experts"][expert]}
     return {k: v for k, v in merged.items() if k != "task"}
+
+
+def base_data(demo: dict[str, Any]) -> dict[str, Any]:
+    """How the base's training data is drawn (the experts replay the same data), as
+    keyword arguments of ``build_base`` and ``build_expert``: the full tasks (default) or
+    their restricted versions, with a share ``alternative`` of answers by each task's
+    other convention."""
+    base = demo.get("base", {})
+    return {"restricted": base.get("data", "full") == "restricted", "alternative": base.get("alternative", 0.0)}

@@ -1,8 +1,8 @@
 """Training of the demo's base and experts with torch's AdamW, and their export.
 
-The base is trained on the restricted versions of every task; each expert is fine-tuned
-from it on one full task, with a share of each batch replaying the base's restricted data
-(without replay the experts forget everything else and every merge collapses). At the end
+The base is trained on a mixture of every task (see ``tasks``: by default the full tasks
+with a share of answers by each task's other convention); each expert is fine-tuned from
+it on one task, optionally with a share of each batch replaying the base's data. At the end
 an expert's AdamW second moments ``exp_avg_sq`` are exported keyed by parameter name, as
 the paper's experts ship them in ``export/exp_avg_sq.safetensors``.
 """
