@@ -1,0 +1,175 @@
+"""Where the workflow's files live: one function per kind of path, and the model names
+of the score tables.
+
+Every output that depends on a seed sits in a tree rooted at that seed (``seed<N>/`` at
+the top of ``results/``, of the demo's folder, of each rule's logs and benchmarks), so a
+seed's whole run can be listed, copied or removed at once and a job never writes where
+another seed's job does. The cross-seed summary, plots and report sit outside them.
+
+Each function takes the seed as an int or as a wildcard such as ``"{seed}"``, so the
+same function gives a rule's output pattern and a concrete path. Imports no torch: the
+workflow reads it while building the DAG.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+Seed = int | str  # a seed, or a Snakemake wildcard standing for one
+
+RESULTS = "results"
+SUMMARY = f"{RESULTS}/summary"
+PLOTS = f"{RESULTS}/plots"
+LOGS = "logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+PRECONDITIONER = "preconditioner.safetensors"  # inside a downloaded expert's folder
+
+_SEED_DIR = re.compile(r"(?:^|/)seed(\d+)(?:/|$)")
+
+
+def seed_dir(seed: Seed) -> str:
+    """The name of a seed's tree: ``seed<N>``."""
+    return f"seed{seed}"
+
+
+def seed_of(path: str | Path) -> int:
+    """The seed of a per-seed path (its ``seed<N>`` folder)."""
+    m = _SEED_DIR.search(Path(path).as_posix())
+    if not m:
+        raise ValueError(f"{path} is not in a per-seed folder (seed<N>/)")
+    return int(m[1])
+
+
+def per_seed(path: str, seed: Seed) -> str:
+    """A configured path with ``{seed}`` replaced by the seed (e.g. a demo text written
+    per seed); a path without it is the same for every seed."""
+    return path.replace("{seed}", str(seed))
+
+
+def root(seed: Seed) -> str:
+    """``results/seed<N>``: everything a seed's run computes."""
+    return f"{RESULTS}/{seed_dir(seed)}"
+
+
+# the demo's own models and texts, under the demo's outdir
+
+def demo_root(outdir: str, seed: Seed) -> str:
+    return f"{outdir}/{seed_dir(seed)}"
+
+
+def demo_base(outdir: str, seed: Seed) -> str:
+    return f"{demo_root(outdir, seed)}/base"
+
+
+def demo_expert(outdir: str, seed: Seed, expert: str) -> str:
+    return f"{demo_root(outdir, seed)}/experts/{expert}"
+
+
+def demo_text(outdir: str, seed: Seed, name: str) -> str:
+    """``calibration`` or ``heldout`` text of the demo's tasks."""
+    return f"{demo_root(outdir, seed)}/text/{name}.txt"
+
+
+# models, moments, importance
+
+def model_dir(seed: Seed, name: str) -> str:
+    """A model as the download stage left it (weights, tokenizer, preconditioner)."""
+    return f"{root(seed)}/models/{name}"
+
+
+def preconditioner(model_folder: str | Path) -> str:
+    """The downloaded moments inside an expert's folder."""
+    return f"{Path(model_folder).as_posix()}/{PRECONDITIONER}"
+
+
+def rank1_moments(seed: Seed, expert: str) -> str:
+    return f"{root(seed)}/moments/{expert}/rank1.safetensors"
+
+
+def rank1_report(seed: Seed, expert: str) -> str:
+    return f"{root(seed)}/moments/{expert}/rank1.json"
+
+
+def hessians_dir(seed: Seed) -> str:
+    return f"{root(seed)}/importance/hessians"
+
+
+def importance_file(seed: Seed) -> str:
+    """The base's OBS importance (one per seed, as the base is)."""
+    return f"{root(seed)}/importance/sparsegpt.safetensors"
+
+
+# model names in the score tables, and their folders
+
+def graft_name(expert: str, metric: str, density: str) -> str:
+    """``ffg/<expert>/<metric>/<density>``: an expert grafted at one sweep point."""
+    return f"ffg/{expert}/{metric}/{density}"
+
+
+def merge_name(merge: str) -> str:
+    return f"merge/{merge}"
+
+
+def graft_dir(seed: Seed, expert: str, metric: str, density: str) -> str:
+    """A sweep point's grafted model and its ``statistics.json``."""
+    return f"{root(seed)}/{graft_name(expert, metric, density)}"
+
+
+def merge_dir(seed: Seed, merge: str) -> str:
+    return f"{root(seed)}/merges/{merge}"
+
+
+def merge_config(seed: Seed, merge: str) -> str:
+    return f"{merge_dir(seed, merge)}/merge_config.yml"
+
+
+def merge_thresholds(seed: Seed, merge: str) -> str:
+    """The FFG density and threshold chosen for each expert of a merge, and why."""
+    return f"{merge_dir(seed, merge)}/thresholds.csv"
+
+
+def merged_model(seed: Seed, merge: str) -> str:
+    return f"{merge_dir(seed, merge)}/model"
+
+
+def model_folder(seed: Seed, model: str) -> str:
+    """The folder of a model by its name in the score tables: ``base``, an expert,
+    ``ffg/<expert>/<metric>/<density>`` or ``merge/<merge>``."""
+    if model.startswith("ffg/"):
+        return f"{root(seed)}/{model}"
+    if model.startswith("merge/"):
+        return merged_model(seed, model.split("/", 1)[1])
+    return model_dir(seed, model)
+
+
+# evaluation
+
+def scores(seed: Seed, backend: str, model: str) -> str:
+    """One model's score rows from one backend (model, task, metric, score, n, backend)."""
+    return f"{root(seed)}/evaluation/{backend}/{model}.json"
+
+
+def raw_scores(seed: Seed, backend: str, model: str) -> str:
+    """An external evaluator's own output folder for one model."""
+    return f"{root(seed)}/evaluation/{backend}_raw/{model}"
+
+
+# logs and benchmarks: per rule, then per seed, then the job's other wildcards
+
+def log(rule: str, seed: Seed | None, name: str) -> str:
+    """A job's log; ``seed`` None for the cross-seed jobs (summary, plots)."""
+    return f"{LOGS}/{rule}/{name}.log" if seed is None else f"{LOGS}/{rule}/{seed_dir(seed)}/{name}.log"
+
+
+def benchmark(rule: str, seed: Seed, name: str) -> str:
+    return f"{BENCHMARKS}/{rule}/{seed_dir(seed)}/{name}.tsv"
+
+
+def summary(name: str) -> str:
+    """A cross-seed table under ``results/summary``."""
+    return f"{SUMMARY}/{name}"
+
+
+def plot(name: str) -> str:
+    return f"{PLOTS}/{name}.png"
