@@ -1,0 +1,112 @@
+"""Gain retention and its interval over seeds, against small computations by hand."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from otamerge import retention as ret
+from otamerge.intervals import betainc, interval, t_quantile
+from otamerge.subsets import MergeInfo
+
+T975_DF2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2)
+
+
+def test_t_quantiles_against_closed_forms_and_tables():
+    # df 2: t = (2p - 1) / sqrt(2 p (1 - p)); df 1 (Cauchy): t = tan(pi (p - 1/2))
+    assert t_quantile(0.975, 2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-13)
+    assert t_quantile(0.975, 2) == pytest.approx(T975_DF2, rel=1e-9)
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-12)
+    # printed tables (4 decimals)
+    for df, t in [(3, 3.1824), (4, 2.7764), (9, 2.2622), (29, 2.0452)]:
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=5e-5)
+    assert betainc(1.0, 0.5, 0.3) == pytest.approx(1 - math.sqrt(0.7), rel=1e-13)  # I_x(1, 1/2) = 1 - sqrt(1 - x)
+    with pytest.raises(ValueError):
+        t_quantile(0.4, 3)
+
+
+def test_three_seeds_give_a_student_t_interval():
+    iv = interval([0.2, 0.4, 0.9])
+    sd = math.sqrt(((0.2 - 0.5) ** 2 + (0.4 - 0.5) ** 2 + (0.9 - 0.5) ** 2) / 2)
+    half = T975_DF2 * sd / math.sqrt(3)
+    assert (iv.mean, iv.n, iv.kind) == (pytest.approx(0.5), 3, "t95")
+    assert iv.low == pytest.approx(0.5 - half, rel=1e-9) and iv.high == pytest.approx(0.5 + half, rel=1e-9)
+
+
+def test_fewer_seeds_give_the_range_and_undefined_values_are_left_out():
+    assert interval([0.7, 0.3]) == ret.Interval(pytest.approx(0.5), 0.3, 0.7, 2, "min-max")
+    assert interval([0.4, math.nan]) == ret.Interval(0.4, 0.4, 0.4, 1, "min-max")
+    none = interval([math.nan])
+    assert none.n == 0 and none.kind == "none" and math.isnan(none.mean)
+
+
+def test_gain_ratio():
+    assert ret.gain_ratio(merged=0.5, base=0.2, expert=0.8) == pytest.approx(0.5)
+    assert ret.gain_ratio(merged=0.1, base=0.2, expert=0.6) == pytest.approx(-0.25)
+    assert math.isnan(ret.gain_ratio(merged=0.3, base=0.2, expert=0.2))
+
+
+TASKS = {"add": "add", "rev": "reverse", "facts": "facts"}
+# per seed: base, experts and merges on each task (exact match)
+SCORES = {
+    0: {"base": {"add": 0.2, "reverse": 0.1, "facts": 0.0},
+        "add": {"add": 0.9, "reverse": 0.1, "facts": 0.0},
+        "rev": {"add": 0.2, "reverse": 0.6, "facts": 0.0},
+        "facts": {"add": 0.2, "reverse": 0.1, "facts": 0.8},
+        "merge/m": {"add": 0.55, "reverse": 0.35, "facts": 0.2},
+        "merge/m.add-rev": {"add": 0.9, "reverse": 0.1, "facts": 0.0}},
+    1: {"base": {"add": 0.3, "reverse": 0.2, "facts": 0.1},
+        "add": {"add": 0.7, "reverse": 0.2, "facts": 0.1},
+        "rev": {"add": 0.3, "reverse": 0.2, "facts": 0.1},  # no gain: ratio undefined at this seed
+        "facts": {"add": 0.3, "reverse": 0.2, "facts": 0.5},
+        "merge/m": {"add": 0.4, "reverse": 0.3, "facts": 0.4},
+        "merge/m.add-rev": {"add": 0.5, "reverse": 0.2, "facts": 0.1}},
+}
+MERGES = {"m": MergeInfo("m", "m", "all", ("add", "rev", "facts")),
+          "m.add-rev": MergeInfo("m.add-rev", "m", "add-rev", ("add", "rev"))}
+
+
+def _frame() -> pd.DataFrame:
+    rows = [{"model": model, "task": task, "metric": "exact_match", "score": s, "n": 10, "backend": "builtin",
+             "seed": seed} for seed, models in SCORES.items() for model, tasks in models.items()
+            for task, s in tasks.items()]
+    return pd.DataFrame(rows)
+
+
+def test_retention_of_each_merge_at_each_seed():
+    by_seed = ret.retention_by_seed(_frame(), MERGES, TASKS)
+    got = {(r.merge, r.seed): r.retention for r in by_seed.itertuples()}
+    # seed 0, m: add (0.55-0.2)/(0.9-0.2) = 0.5, rev (0.35-0.1)/(0.6-0.1) = 0.5, facts 0.2/0.8 = 0.25
+    assert got[("m", 0)] == pytest.approx((0.5 + 0.5 + 0.25) / 3)
+    # seed 0, the pair: add keeps all of its gain, rev none
+    assert got[("m.add-rev", 0)] == pytest.approx((1.0 + 0.0) / 2)
+    # seed 1: rev gained nothing, so no merge holding it has a retention
+    assert math.isnan(got[("m", 1)]) and math.isnan(got[("m.add-rev", 1)])
+    assert list(by_seed.columns) == ret.BY_SEED and set(by_seed.subset_size) == {3, 2}
+
+
+def test_merge_retention_of_one_seed_by_hand():
+    score = {(m, t): s for m, tasks in SCORES[0].items() for t, s in tasks.items()}
+    assert ret.merge_retention(score, "m", ["add", "facts"], TASKS) == pytest.approx((0.5 + 0.25) / 2)
+    assert math.isnan(ret.merge_retention(score, "m", ["add"], {"add": None}))  # no own task
+    assert math.isnan(ret.merge_retention(score, "missing", ["add"], TASKS))  # no score
+
+
+def test_mean_over_seeds_and_by_subset_size():
+    by_seed = pd.DataFrame([
+        {"merge": m, "method": "m", "subset": sub, "subset_size": size, "seed": seed, "backend": "builtin",
+         "metric": "exact_match", "retention": r}
+        for (m, sub, size), values in {("m", "all", 3): [0.2, 0.4, 0.9],
+                                       ("m.a-b", "a-b", 2): [0.5, 0.7, 0.6],
+                                       ("m.a-c", "a-c", 2): [0.1, 0.3, math.nan]}.items()
+        for seed, r in enumerate(values)])
+    agg = ret.aggregate(by_seed).set_index("merge")
+    assert list(ret.aggregate(by_seed).columns) == ret.AGGREGATE
+    half = T975_DF2 * math.sqrt(0.13) / math.sqrt(3)  # sd of 0.2, 0.4, 0.9 is sqrt(0.13)
+    assert agg.loc["m", ["mean", "low", "high"]].tolist() == pytest.approx([0.5, 0.5 - half, 0.5 + half], rel=1e-9)
+    assert agg.loc["m.a-c", ["mean", "low", "high", "n_seeds"]].tolist() == pytest.approx([0.2, 0.1, 0.3, 2])
+    assert agg.loc["m.a-c", "interval"] == "min-max" and agg.loc["m", "interval"] == "t95"
+    sizes = ret.by_size(by_seed).set_index("subset_size")
+    # size 2 per seed: mean of the two pairs (0.3, 0.5), seed 2 undefined (one pair has no value)
+    assert sizes.loc[2, ["mean", "low", "high", "n_seeds", "n_subsets"]].tolist() == pytest.approx([0.4, 0.3, 0.5, 2, 2])
+    assert sizes.loc[3, "mean"] == pytest.approx(0.5) and sizes.loc[3, "interval"] == "t95"
