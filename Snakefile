@@ -16,6 +16,7 @@ localrules:
     download,
     merge_config,
     summary,
+    retention,
     sweep_summary,
 
 

@@ -59,6 +59,6 @@ def test_two_builds_with_one_seed_are_byte_identical(tiny_demo, tmp_path):
     for f in files:
         assert (again / f).read_bytes() == (tiny_demo / f).read_bytes(), f
     other = tiny_config()
-    other["seed"] = 1
+    other["seeds"] = [1]
     build_tiny(tmp_path / "other", other)
     assert (tmp_path / "other/base/model.safetensors").read_bytes() != (tiny_demo / files[0]).read_bytes()

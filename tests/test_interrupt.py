@@ -160,17 +160,17 @@ def test_a_second_snakemake_on_the_same_results_is_refused_by_the_lock(tmp_path)
     wf.mkdir()
     (wf / "config.yaml").write_text(yaml.safe_dump(cfg))
     first = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wf),
-                              "--configfile", str(wf / "config.yaml"), "-j1", "resources/demo/experts/add"],
+                              "--configfile", str(wf / "config.yaml"), "-j1", "resources/demo/seed0/experts/add"],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while not any((wf / ".snakemake/locks").glob("*")) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert first.poll() is None, "the first run ended before the test could race it"
-        second = snakemake(wf, "-j1", "resources/demo/experts/rev", config=cfg)
+        second = snakemake(wf, "-j1", "resources/demo/seed0/experts/rev", config=cfg)
         assert second.returncode != 0
         assert "Directory cannot be locked" in second.stderr
-        assert not (wf / "resources/demo/experts/rev").exists()
+        assert not (wf / "resources/demo/seed0/experts/rev").exists()
     finally:
         assert first.wait(timeout=300) == 0
-    assert (wf / "resources/demo/experts/add/model.safetensors").is_file()
+    assert (wf / "resources/demo/seed0/experts/add/model.safetensors").is_file()

@@ -90,4 +90,4 @@ def test_workflow_scores_every_model_with_olmes(tmp_path):
     assert set(gsm.score) == {expected("gsm8k::tulu")} and set(gsm.n) == {3} and set(gsm.backend) == {"olmes"}
     table = (tmp_path / "wf/results/summary/accuracy.md").read_text()
     assert "## primary_score (olmes)" in table and "mmlu:mc::tulu" in table
-    assert list((tmp_path / "wf/results/evaluation/olmes_raw/merge/ties").glob("task-*-metrics.json"))
+    assert list((tmp_path / "wf/results/seed0/evaluation/olmes_raw/merge/ties").glob("task-*-metrics.json"))

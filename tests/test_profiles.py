@@ -96,13 +96,13 @@ def test_pbs_profile_runs_jobs_of_every_kind_against_a_pbs_stand_in(tmp_path):
     state = tmp_path / "pbs"
     env = {**os.environ, "PATH": f"{REPO / 'tests/fake_pbs'}:{os.environ['PATH']}",
            "FAKE_PBS_DIR": str(state), "FAKE_PBS_FAIL_ONCE": "smk-merge-"}
-    targets = ["results/evaluation/builtin/merge/ties.json", "results/evaluation/builtin/ffg/add/fisher/0.1.json"]
+    targets = ["results/seed0/evaluation/builtin/merge/ties.json", "results/seed0/evaluation/builtin/ffg/add/fisher/0.1.json"]
     res = snakemake(tmp_path / "wf", "--profile", str(PBS), "--jobs", "4", *targets, "--latency-wait", "5",
                     "--seconds-between-status-checks", "1", "--max-status-checks-per-second", "20",
                     "--default-resources", "mem_mb=4000", "runtime=60", "pbs_queue=gpuq", "pbs_account=proj1",
                     config=cfg, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert (tmp_path / "wf/results/merges/ties/model/model.safetensors").stat().st_size > 0
+    assert (tmp_path / "wf/results/seed0/merges/ties/model/model.safetensors").stat().st_size > 0
     reqs = _pbs_requests(state)
     # every job these targets need was submitted (the retried merge twice); merge_config
     # is a local rule
@@ -110,7 +110,7 @@ def test_pbs_profile_runs_jobs_of_every_kind_against_a_pbs_stand_in(tmp_path):
         "demo_base": 1, "demo_expert": 2, "ffg": 1, "evaluate_builtin": 2, "merge": 2}
     # GPU rule: 2B parameters -> mem 4000 + 2500 x 2 MB, runtime 10 + 10 x 2 min
     first, retry = reqs["merge"]
-    assert first["N"] == retry["N"] == "smk-merge-ties"
+    assert first["N"] == retry["N"] == "smk-merge-0-ties"  # rule, then the wildcards: seed, merge
     assert first["select"] == ["select=1:ncpus=1:mem=9000mb:ngpus=1"] and first["walltime"] == "00:30:00"
     assert retry["select"] == ["select=1:ncpus=1:mem=18000mb:ngpus=1"] and retry["walltime"] == "01:00:00"
     assert reqs["ffg"][0]["select"] == ["select=1:ncpus=1:mem=4000mb:ngpus=1"]
@@ -118,5 +118,5 @@ def test_pbs_profile_runs_jobs_of_every_kind_against_a_pbs_stand_in(tmp_path):
     assert reqs["demo_expert"][0]["select"] == ["select=1:ncpus=1:mem=2000mb"]
     assert reqs["demo_expert"][0]["walltime"] == "00:30:00"
     assert all(r["q"] == "gpuq" and r["A"] == "proj1" and r["o"] == "logs/pbs" for v in reqs.values() for r in v)
-    assert reqs["ffg"][0]["N"] == "smk-ffg-add-fisher-0_1"
+    assert reqs["ffg"][0]["N"] == "smk-ffg-0-add-fisher-0_1"
     assert list((tmp_path / "wf/logs/pbs").glob("*.fakepbs.log"))

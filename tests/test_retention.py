@@ -1,5 +1,6 @@
 """Gain retention and its interval over seeds, against small computations by hand."""
 
+import json
 import math
 
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 from otamerge import retention as ret
 from otamerge.intervals import betainc, interval, t_quantile
 from otamerge.subsets import MergeInfo
+from otamerge.summary import write_retention
 
 T975_DF2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2)
 
@@ -110,3 +112,37 @@ def test_mean_over_seeds_and_by_subset_size():
     # size 2 per seed: mean of the two pairs (0.3, 0.5), seed 2 undefined (one pair has no value)
     assert sizes.loc[2, ["mean", "low", "high", "n_seeds", "n_subsets"]].tolist() == pytest.approx([0.4, 0.3, 0.5, 2, 2])
     assert sizes.loc[3, "mean"] == pytest.approx(0.5) and sizes.loc[3, "interval"] == "t95"
+
+
+def test_retention_files_lead_with_exact_match(tmp_path):
+    frame = _frame()
+    graded = frame.assign(metric="token_accuracy", score=frame.score * 0.5 + 0.25)
+    files = []
+    for seed, rows in pd.concat([graded, frame]).groupby("seed"):  # token accuracy first in the files
+        f = tmp_path / f"seed{seed}" / "scores.json"
+        f.parent.mkdir()
+        f.write_text(json.dumps(rows.drop(columns="seed").to_dict("records")))
+        files.append(f)
+    merges = {n: {"method": i.method, "subset": i.subset, "experts": list(i.experts)} for n, i in MERGES.items()}
+    out = {k: tmp_path / f"{k}.out" for k in ("md", "csv", "size", "seed")}
+    write_retention(files, merges, TASKS, out["md"], out["csv"], out["size"], out["seed"])
+    csv = pd.read_csv(out["csv"])
+    assert list(csv.columns) == ret.AGGREGATE
+    assert list(dict.fromkeys(csv.metric)) == ["exact_match", "token_accuracy"]
+    m = csv[(csv["merge"] == "m") & (csv.metric == "exact_match")].iloc[0]
+    assert (m["mean"], m.n_seeds, m.interval) == (pytest.approx(1.25 / 3, rel=1e-5), 1, "min-max")
+    md = out["md"].read_text()
+    assert md.index("## exact_match (builtin): merges of all experts") < md.index("## token_accuracy (builtin)")
+    assert "## exact_match (builtin): mean retention by subset size" in md and "| 2 experts" in md
+    assert len(pd.read_csv(out["seed"])) == 2 * 2 * 2  # merges x seeds x metrics
+
+
+def test_no_task_scores_no_retention(tmp_path):
+    """Perplexity of held-out text scores no expert's own task: no rows, and the table says why."""
+    f = tmp_path / "seed0" / "s.json"
+    f.parent.mkdir()
+    f.write_text(json.dumps([{"model": "base", "task": "heldout", "metric": "perplexity", "score": 3.0, "n": 9,
+                              "backend": "perplexity"}]))
+    out = [tmp_path / n for n in ("a.md", "b.csv", "c.csv", "d.csv")]
+    agg = write_retention([f], {"m": {"method": "m", "subset": "all", "experts": ["add"]}}, {"add": "add"}, *out)
+    assert agg.empty and "no retention" in out[0].read_text()

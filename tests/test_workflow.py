@@ -2,8 +2,10 @@ import base64
 import copy
 import hashlib
 import json
+import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from otamerge import layout
 from otamerge.checkpoint import Checkpoint
 
 from conftest import REPO, build_tiny, default_config, tiny_config
@@ -31,8 +34,8 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
     assert job_counts(res.stdout + res.stderr) == {
         "demo_base": 1, "demo_expert": 5, "demo_texts": 1, "download": 6, "compress_moments": 5,
         "hessians": 1, "sparsegpt_importance": 1, "ffg": n_points, "merge_config": n_merges,
-        "merge": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1, "sweep_summary": 1,
-        "plots": 1, "all": 1,
+        "merge": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1, "retention": 1,
+        "sweep_summary": 1, "plots": 1, "all": 1,
         # lm_eval and perplexity score the main table's models; the builtin evaluator also the sweep
         "evaluate_lm_eval": 6 + n_merges, "evaluate_perplexity": 6 + n_merges}
 
@@ -47,8 +50,8 @@ def test_papers_config_validates_and_lists_the_whole_dag(tmp_path):
     # their fixed density (FFG from full and from rank-1 moments)
     assert job_counts(res.stdout + res.stderr) == {
         "download": 1 + experts, "compress_moments": 5, "ffg": experts * 2 * 5 + 5, "merge_config": 9,
-        "merge": 9, "evaluate_olmes": 1 + experts + 9 + 5 * 2, "summary": 1, "all": 1}
-    assert "output: results/models/coding_tulu3" in res.stdout and "demo_base" not in res.stdout
+        "merge": 9, "evaluate_olmes": 1 + experts + 9 + 5 * 2, "summary": 1, "retention": 1, "all": 1}
+    assert "output: results/seed0/models/coding_tulu3" in res.stdout and "demo_base" not in res.stdout
     # 8.03B parameters: sizes scale with the model, and GPU rules ask for a GPU
     assert rule_resources(res.stdout, "merge") == {"gpu": "1", "mem_mb": "24075", "runtime": "91"}
     assert rule_resources(res.stdout, "ffg") == {"gpu": "1", "mem_mb": "10030", "runtime": "51"}
@@ -91,7 +94,11 @@ def test_lint_is_clean():
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda c: c.update(seed=-1), "-1 is less than the minimum of 0"),
+    (lambda c: c.update(seeds=[-1]), "-1 is less than the minimum of 0"),
+    (lambda c: c.update(seeds=[1, 1]), "has non-unique elements"),
+    (lambda c: c.update(seeds=[]), "should be non-empty"),
+    (lambda c: c.update(subsets={"methods": ["ties"], "pairs": "yes"}), "'yes' is not of type 'boolean'"),
+    (lambda c: c.update(subsets={"methods": ["ties"], "groups": {"a b": ["add", "sort"]}}), "does not match"),
     (lambda c: c.pop("evaluation"), "'evaluation' is a required property"),
     (lambda c: c["demo"]["experts"]["add"].update(task="sum"), "'sum' is not one of"),
     (lambda c: c["demo"]["base"].update(stpes=3), "'stpes' was unexpected"),
@@ -106,11 +113,50 @@ def test_schema_rejects_bad_values_naming_the_key(change, message):
 
 def test_invalid_config_stops_before_any_job(tmp_path):
     cfg = default_config()
-    cfg["seed"] = -1
+    cfg["seeds"] = [-1]
     res = snakemake(tmp_path, "-j1", config=cfg)
     assert res.returncode != 0
-    assert "seed" in res.stderr and "-1 is less than the minimum of 0" in res.stderr
+    assert "seeds" in res.stderr and "-1 is less than the minimum of 0" in res.stderr
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.update(seed=3), r"the config sets both seed \(3\) and seeds \(\[0\]\): give one"),
+    (lambda c: c.update(subsets={"methods": ["ota_fg"], "pairs": True}), "subsets.methods: ota_fg is not a configured merge"),
+    (lambda c: c.update(subsets={"methods": ["ties"], "groups": {"g": ["add", "sum"]}}),
+     r"subsets.groups.g: unknown expert sum \(experts: add, "),
+    (lambda c: c.update(subsets={"methods": ["ties"], "groups": {"g": ["add"]}}),
+     r"subsets.groups.g has 1 expert\(s\); a subset merges at least 2"),
+])
+def test_bad_seeds_or_subsets_stop_before_any_job(tmp_path, change, message):
+    cfg = default_config()
+    change(cfg)
+    res = snakemake(tmp_path, "-j1", config=cfg)
+    assert res.returncode != 0
+    assert re.search(message, res.stdout + res.stderr), (res.stdout + res.stderr)[-2000:]
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_demo_seeds_is_the_default_demo_over_three_seeds_with_pairs(tmp_path):
+    """config/demo-seeds.yaml holds only overrides: Snakemake merges it over the Snakefile's
+    config/config.yaml (here copied to a fresh working directory, as the repository root
+    has it). Three seeds of everything; pairs for three methods; no Hessians, no lm_eval."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    res = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config/demo-seeds.yaml"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    experts, pairs = 5, 10
+    merges = (len(default_config()["merges"]) - 1) + 3 * pairs  # ties_sparsegpt dropped
+    # per seed: (fisher, magnitude) x 4 densities, and fisher_rank1 at 4 densities for ota_ffg_rank1
+    points = experts * 3 * 4
+    assert job_counts(res.stdout + res.stderr) == {
+        "demo_base": 3, "demo_expert": 3 * experts, "download": 3 * (1 + experts), "compress_moments": 3 * experts,
+        "ffg": 3 * points, "merge_config": 3 * merges, "merge": 3 * merges,
+        "evaluate_builtin": 3 * (1 + experts + points + merges), "summary": 1, "retention": 1, "sweep_summary": 1,
+        "plots": 1, "all": 1}
+    assert "output: resources/demo/seed2/experts/facts" in res.stdout
+    assert "output: results/seed1/merges/ota_ffg.reverse-shift/model" in res.stdout
+    overlay = yaml.safe_load((REPO / "config/demo-seeds.yaml").read_text())
+    assert "demo" not in overlay  # the demo itself is config.yaml's
 
 
 @pytest.mark.parametrize("bad", ["add;touch PWNED", "$(touch PWNED)", "a b", "x'y", "../up"])
@@ -143,9 +189,9 @@ def _parallel_run_writes_the_same_bytes_and_only_declared_files(tmp_path: Path, 
     assert run.returncode == 0, run.stderr[-3000:]
     for pattern in ("*.safetensors", "statistics.json"):
         assert _digests(again, pattern) == _digests(first, pattern) != {}
-    builtin = [line for line in (first / "results/summary/scores.csv").read_text().splitlines()
-               if not line.endswith((",lm_eval", ",perplexity"))]
-    assert (again / "results/summary/scores.csv").read_text().splitlines() == builtin
+    scores = pd.read_csv(first / "results/summary/scores.csv")
+    builtin = scores[scores.backend == "builtin"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(again / "results/summary/scores.csv"), builtin, check_dtype=False)
     summary = snakemake(again, "--summary", config=cfg).stdout.splitlines()
     head = summary.index(next(line for line in summary if line.startswith("output_file")))
     columns = summary[head].split("\t")
@@ -194,30 +240,30 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     # perplexity: the held-out text, every model but the grafts
     assert len(scores) == 8 * 5 * 2 + 6 * 5 * 1 + 6
     ppl = scores[scores.backend == "perplexity"]
-    heldout = (tmp_path / "wf/resources/demo/text/heldout.txt").read_text()
+    heldout = (tmp_path / "wf/resources/demo/seed0/text/heldout.txt").read_text()
     assert set(ppl.task) == {"heldout"} and (ppl.n == len(heldout)).all() and (ppl.score > 1).all()
     # the sparsegpt sweep and trim: one Hessian job for every expert and density
-    stats = json.loads((tmp_path / "wf/results/ffg/rev/sparsegpt/0.1/statistics.json").read_text())
+    stats = json.loads((tmp_path / "wf/results/seed0/ffg/rev/sparsegpt/0.1/statistics.json").read_text())
     assert stats["metric"] == "sparsegpt" and "model.embed_tokens.weight" in stats["fallback_magnitude"]
-    trimmed = yaml.safe_load((tmp_path / "wf/results/merges/ties_sparsegpt/merge_config.yml").read_text())
+    trimmed = yaml.safe_load((tmp_path / "wf/results/seed0/merges/ties_sparsegpt/merge_config.yml").read_text())
     assert {m["parameters"]["preconditioner_path"] for m in trimmed["models"]} == {
-        "results/importance/sparsegpt.safetensors"}
-    assert len(list((tmp_path / "wf/results/benchmarks/hessians").iterdir())) == 1
+        "results/seed0/importance/sparsegpt.safetensors"}
+    assert len(list((tmp_path / "wf/results/benchmarks/hessians/seed0").iterdir())) == 1
     for (backend, model), rows in scores.groupby(["backend", "model"]):  # the evaluations' own numbers
-        src = yaml.safe_load((tmp_path / f"wf/results/evaluation/{backend}/{model}.json").read_text())
+        src = yaml.safe_load((tmp_path / "wf" / layout.scores(0, backend, model)).read_text())
         assert sorted(zip(rows.task, rows.metric, rows.score)) == sorted(
             (r["task"], r["metric"], pytest.approx(r["score"], rel=1e-5)) for r in src)
     exact = scores[scores.metric == "exact_match"].pivot_table(index=["model", "task"], columns="backend",
                                                                values="score").dropna()
     assert len(exact) == 30 and (exact.builtin == exact.lm_eval).all()
     assert "## exact_match (lm_eval)" in (tmp_path / "wf/results/summary/accuracy.md").read_text()
-    merged = yaml.safe_load((tmp_path / "wf/results/merges/ota_ffg/merge_config.yml").read_text())
+    merged = yaml.safe_load((tmp_path / "wf/results/seed0/merges/ota_ffg/merge_config.yml").read_text())
     assert [m["parameters"]["precond_threshold"] for m in merged["models"]] == list(chosen.threshold)
-    assert (tmp_path / "wf/logs/demo_expert/rev.log").stat().st_size > 0
+    assert (tmp_path / "wf/logs/demo_expert/seed0/rev.log").stat().st_size > 0
     # the workflow's jobs (separate processes) give the same bytes as an in-process build
     ref = build_tiny(tmp_path / "ref", cfg)
     for f in ["base/model.safetensors", "experts/rev/export/exp_avg_sq.safetensors"]:
-        assert (tmp_path / "wf/resources/demo" / f).read_bytes() == (ref / f).read_bytes(), f
+        assert (tmp_path / "wf/resources/demo/seed0" / f).read_bytes() == (ref / f).read_bytes(), f
 
     _parallel_run_writes_the_same_bytes_and_only_declared_files(tmp_path, cfg)
 
@@ -227,7 +273,7 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     rep = snakemake(tmp_path / "wf", "--report", "report.html", config=cfg)
     assert rep.returncode == 0, rep.stderr[-2000:]
     html = (tmp_path / "wf/report.html").read_text()
-    for name in ("summary/accuracy.md", "summary/sweep.md", "summary/thresholds.csv", "plots/ffg_sweep.png",
+    for name in ("summary/retention.md", "summary/accuracy.md", "summary/sweep.md", "summary/thresholds.csv", "plots/ffg_sweep.png",
                  "plots/methods.png", "plots/localization.png", "plots/mask_rank.png",
                  "plots/curvature_overlap.png"):
         data = re.search(rf"filename={re.escape(name.split('/')[1])};base64,([A-Za-z0-9+/=]+)", html)[1]
@@ -240,10 +286,10 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     # the new point for each expert, its evaluation, and the aggregation downstream
     assert job_counts(added.stdout + added.stderr) == {
         "ffg": 2 * 2, "evaluate_builtin": 2 * 2 + 1, "evaluate_lm_eval": 1, "evaluate_perplexity": 1, "merge_config": 1,
-        "merge": 1, "summary": 1, "sweep_summary": 1, "plots": 1, "all": 1}
+        "merge": 1, "summary": 1, "retention": 1, "sweep_summary": 1, "plots": 1, "all": 1}
     outputs = [line for line in added.stdout.splitlines() if line.strip().startswith("output:")]
-    assert any(o.strip() == "output: results/ffg/add/fisher/0.3" for o in outputs)
-    assert not any("results/ffg/add/fisher/0.1" in o for o in outputs)
+    assert any(o.strip() == "output: results/seed0/ffg/add/fisher/0.3" for o in outputs)
+    assert not any("results/seed0/ffg/add/fisher/0.1" in o for o in outputs)
 
     _failed_merge_leaves_no_partial_output(tmp_path / "wf", cfg)
 
@@ -253,32 +299,102 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     # rev's four sweep points (2 metrics x 2 densities), not add's; the base's Hessians stay
     assert counts["demo_expert"] == 1 and counts["ffg"] == 4 and "hessians" not in counts
     outputs = [line for line in changed.stdout.splitlines() if line.strip().startswith("output:")]
-    assert any("resources/demo/experts/rev" in o for o in outputs)
+    assert any("resources/demo/seed0/experts/rev" in o for o in outputs)
     assert not any("experts/add" in o or "ffg/add/" in o or "builtin/add.json" in o for o in outputs)
+
+
+def _own_task_retention(wf: Path, seed: int, merge: str, experts: list[str], tasks: dict[str, str],
+                        metric: str) -> float:
+    """Retention computed here from the evaluation's JSON files (not by otamerge): mean over
+    the merged experts of (merge - base) / (expert - base) on each expert's own task."""
+    def score(model: str, task: str) -> float:
+        rows = json.loads((wf / layout.scores(seed, "builtin", model)).read_text())
+        (value,) = [r["score"] for r in rows if r["task"] == task and r["metric"] == metric]
+        return value
+
+    ratios = []
+    for e in experts:
+        base, expert, merged = (score(m, tasks[e]) for m in ("base", e, f"merge/{merge}"))
+        ratios.append((merged - base) / (expert - base) if expert != base else math.nan)
+    return sum(ratios) / len(ratios)
+
+
+@pytest.mark.long
+def test_two_seeds_run_the_whole_family_each_and_retention_is_their_mean(tmp_path):
+    """Two seeds of the tiny demo with three experts, one FFG merge of all and of one pair:
+    every seed trains, grafts, merges and scores its own models; scores.csv holds both;
+    retention.csv is the mean and range of the retention computed from the JSON files; a
+    third seed adds only its own jobs and the cross-seed tables. (Experts trained for 60
+    steps: at 4 some equal the base even in token accuracy, leaving no retention.)"""
+    cfg = tiny_config()
+    cfg["demo"]["threads"] = 1
+    cfg["seeds"] = [0, 1]
+    cfg["demo"]["expert_defaults"].update(steps=60, lr=3e-3)
+    cfg["demo"]["experts"] = {"add": {"task": "add"}, "shf": {"task": "shift"}, "srt": {"task": "sort"}}
+    cfg["evaluation"]["tasks"] = ["add", "shift", "sort"]
+    cfg["ffg"] = {"densities": [0.5], "metrics": ["fisher"]}
+    # fixed: merge configs need no sweep scores (auto could also pick density 1, not swept here)
+    cfg["thresholds"] = {"mode": "fixed", "fixed": {"add": 0.5, "shf": 0.5, "srt": 0.5}}
+    cfg["merges"] = {"ota_ffg": cfg["merges"]["ota_ffg"]}
+    cfg["subsets"] = {"methods": ["ota_ffg"], "groups": {"add_shf": ["add", "shf"]}}
+    wf = tmp_path / "wf"
+    tables = [layout.summary(t) for t in ("scores.csv", "retention.csv", "retention.md")]
+    run = snakemake(wf, "--cores", "2", *tables, config=cfg)
+    assert run.returncode == 0, run.stderr[-3000:]
+    scores = pd.read_csv(wf / "results/summary/scores.csv")
+    assert sorted(set(scores.seed)) == [0, 1] and list(scores.columns)[-1] == "seed"
+    assert set(scores[scores.seed == 1].model) >= {"base", "add", "shf", "srt", "merge/ota_ffg", "merge/ota_ffg.add_shf"}
+    bases = [(wf / layout.demo_base("resources/demo", s) / "model.safetensors").read_bytes() for s in (0, 1)]
+    assert bases[0] != bases[1]  # each seed trains its own family
+    assert (wf / layout.merged_model(1, "ota_ffg.add_shf") / "model.safetensors").stat().st_size > 0
+    assert (wf / layout.log("demo_expert", 1, "srt")).stat().st_size > 0
+
+    tasks = {"add": "add", "shf": "shift", "srt": "sort"}
+    experts = {"ota_ffg": ["add", "shf", "srt"], "ota_ffg.add_shf": ["add", "shf"]}
+    retention = pd.read_csv(wf / "results/summary/retention.csv")
+    assert sorted(zip(retention["merge"], retention.metric)) == sorted(
+        (m, metric) for m in experts for metric in ("exact_match", "token_accuracy"))
+    for r in retention.itertuples():
+        per_seed = [_own_task_retention(wf, s, r.merge, experts[r.merge], tasks, r.metric) for s in (0, 1)]
+        finite = [v for v in per_seed if not math.isnan(v)]
+        assert (r.n_seeds, r.interval, r.subset_size) == (len(finite), "min-max" if finite else "none",
+                                                            len(experts[r.merge]))
+        want = (sum(finite) / len(finite), min(finite), max(finite)) if finite else (math.nan,) * 3
+        assert (r.mean, r.low, r.high) == pytest.approx(want, rel=1e-5, abs=1e-6, nan_ok=True)
+    assert (retention[retention.metric == "token_accuracy"].n_seeds == 2).all()
+    md = (wf / "results/summary/retention.md").read_text()
+    assert re.findall(r"^## .*$", md, re.M)[0] == "## exact_match (builtin): merges of all experts"
+
+    more = snakemake(wf, "-n", *tables, config={**cfg, "seeds": [0, 1, 2]})
+    assert job_counts(more.stdout + more.stderr) == {
+        "demo_base": 1, "demo_expert": 3, "download": 4, "ffg": 3, "merge_config": 2, "merge": 2,
+        "evaluate_builtin": 4 + 3 + 2, "summary": 1, "retention": 1}
+    outputs = [line.strip() for line in more.stdout.splitlines() if line.strip().startswith("output:")]
+    assert not any("seed0" in o or "seed1" in o for o in outputs)
 
 
 def _failed_merge_leaves_no_partial_output(wf, cfg):
     """A merge that fails after writing most of its tensors (NaN in the moments of the last
     tensor it reads) leaves no model folder, no temporary folder and no incomplete marker;
     with the moments mended the same command succeeds."""
-    moments = wf / "results/models/add/preconditioner.safetensors"
+    moments = wf / "results/seed0/models/add/preconditioner.safetensors"
     good, stamp = moments.read_bytes(), moments.stat()
-    order = list(Checkpoint(wf / "results/models/base").names())
+    order = list(Checkpoint(wf / "results/seed0/models/base").names())
     v = load_file(moments)
     v[order[-1]] = torch.full_like(v[order[-1]], float("nan"))
     save_file(v, moments)
     # the old time stamp: only the forced merge runs, not the jobs that read the moments
     os.utime(moments, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    merge_dir = wf / "results/merges/ota_ffg"
-    res = snakemake(wf, "-j1", "--forcerun", "merge", "results/merges/ota_ffg/model", config=cfg)
+    merge_dir = wf / "results/seed0/merges/ota_ffg"
+    res = snakemake(wf, "-j1", "--forcerun", "merge", "results/seed0/merges/ota_ffg/model", config=cfg)
     assert res.returncode != 0
-    log = (wf / "logs/merge/ota_ffg.log").read_text()
+    log = (wf / "logs/merge/seed0/ota_ffg.log").read_text()
     assert f"moments tensor {order[-1]} in " in log and "has NaN or Inf values" in log
     assert sorted(p.name for p in merge_dir.iterdir()) == ["merge_config.yml", "thresholds.csv"]
     assert not any((wf / ".snakemake/incomplete").iterdir())
     moments.write_bytes(good)
     os.utime(moments, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
-    res = snakemake(wf, "-j1", "results/merges/ota_ffg/model", config=cfg)
+    res = snakemake(wf, "-j1", "results/seed0/merges/ota_ffg/model", config=cfg)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (merge_dir / "model/model.safetensors").stat().st_size > 0
 
@@ -288,7 +404,7 @@ def test_full_demo_experts_beat_the_base_on_their_own_task(tmp_path):
     """The default config's models, as `make demo` builds them: each expert gains >= 30
     points on its own task. (The rest of the chain runs in the tiny end-to-end test.)"""
     cfg = default_config()
-    targets = [f"results/evaluation/builtin/{m}.json" for m in ["base", *cfg["demo"]["experts"]]]
+    targets = [layout.scores(0, "builtin", m) for m in ["base", *cfg["demo"]["experts"]]]
     res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j2", *targets, config=cfg)
     assert res.returncode == 0, res.stderr[-3000:]
     # 2-thread training jobs one at a time on 2 cores (two at once: 127 s per expert, not 16-21 s)

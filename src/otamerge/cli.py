@@ -17,10 +17,11 @@ from otamerge.errors import OtaMergeError
 def _cmd_demo_build(args: argparse.Namespace) -> None:
     from otamerge.demo.build import build_base, build_expert
     from otamerge.demo.settings import expert_config, train_settings
+    from otamerge.seeds import config_seeds
 
     with open(args.config) as fh:
         cfg = yaml.safe_load(fh)
-    demo, seed = cfg["demo"], cfg["seed"] if args.seed is None else args.seed
+    demo, seed = cfg["demo"], config_seeds(cfg)[0] if args.seed is None else args.seed
     out = Path(args.out)
     common = {"seed": seed, "n_eval": demo["n_eval"], "threads": demo["threads"]}
     build_base(out / "base", settings=train_settings(demo["base"]), arch=demo.get("arch"), **common)
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo-build", help="train the demo base and experts (CPU, minutes)")
     d.add_argument("out", help="output folder (base/ and experts/<name>/ are created in it)")
     d.add_argument("--config", default="config/config.yaml", help="workflow config with a demo section")
-    d.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    d.add_argument("--seed", type=int, default=None, help="the seed to build (default: the config's first)")
     d.set_defaults(func=_cmd_demo_build)
 
     dl = sub.add_parser("download", help="fetch a model (and its preconditioner) from the hub or a local folder")

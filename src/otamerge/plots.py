@@ -1,5 +1,6 @@
-"""Figures of a run (PNG, for the report): FFG sweep curves, merge comparison, where FFG
-keeps edits (layer x role), a mask rank proxy per role, and curvature overlap between experts."""
+"""Figures of a run (PNG, for the report): FFG sweep curves, merge comparison (gain
+retention first), where FFG keeps edits (layer x role), a mask rank proxy per role, and
+curvature overlap between experts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -17,6 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from otamerge.densities import density_label  # noqa: E402
+from otamerge.ffg import STATISTICS  # noqa: E402
+from otamerge.layout import graft_name  # noqa: E402
 
 ROLES = ["q", "k", "v", "o", "gate", "up", "down", "norms", "embed", "lm_head"]
 _ROLE = [(r"\.q_proj\.", "q"), (r"\.k_proj\.", "k"), (r"\.v_proj\.", "v"), (r"\.o_proj\.", "o"),
@@ -50,14 +53,14 @@ def _grid(n: int, width: float = 3.6, height: float = 3.0):
 
 
 def sweep_curves(sweep_csv: str | Path, out: str | Path, score_metric: str) -> None:
-    """Own-task score vs density, one panel per expert, one line per FFG metric."""
+    """Own-task score vs density (mean over seeds), one panel per expert, one line per FFG metric."""
     t = pd.read_csv(sweep_csv)
     t = t[t.metric == score_metric]
     experts = list(dict.fromkeys(t.expert))
     fig, axes = _grid(len(experts))
     for ax, e in zip(axes, experts):
         for metric, g in t[t.expert == e].groupby("ffg_metric"):
-            g = g.sort_values("density")
+            g = g.groupby("density", as_index=False).score.mean()
             ax.plot(g.density, g.score, marker="o", label=metric)
         ax.set_xscale("log")
         ticks = sorted(set(t.density))
@@ -72,15 +75,57 @@ def sweep_curves(sweep_csv: str | Path, out: str | Path, score_metric: str) -> N
     _save(fig, out)
 
 
-def method_comparison(scores_csv: str | Path, out: str | Path, score_metric: str, backend: str = "builtin") -> None:
-    """Average score over tasks per merge (bars), the base and each expert as lines."""
+def _error_bars(t: pd.DataFrame) -> np.ndarray:
+    """xerr of each row's interval around its mean (0 where there is none)."""
+    return np.nan_to_num(np.vstack([t["mean"] - t.low, t.high - t["mean"]]))
+
+
+def _interval_label(t: pd.DataFrame) -> str:
+    kinds = sorted(set(t.interval) - {"none"})
+    return ", ".join({"t95": "95% CI", "min-max": "min-max"}.get(k, k) for k in kinds) or "no interval"
+
+
+def _retention_panel(ax, t: pd.DataFrame, metric: str, backend: str) -> None:
+    """Retention of each merge of all experts (bars, best on top) with its interval."""
+    t = t.sort_values("mean", na_position="first")
+    ax.barh(list(t["merge"]), t["mean"].fillna(0), xerr=_error_bars(t), color="tab:blue", capsize=3)
+    for y, (m, n) in enumerate(zip(t["mean"], t.n_seeds)):
+        ax.annotate("n/a" if np.isnan(m) else f"{m:.2f}", (0, y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=7)
+    ax.axvline(0, color="black", lw=1)
+    ax.axvline(1, color="black", lw=1, linestyle="--", label="every expert's gain kept")
+    n = int(t.n_seeds.max()) if len(t) else 0
+    ax.set_xlabel(f"gain retention, {metric} ({backend}); mean over {n} seed(s), bars: {_interval_label(t)}")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _size_panel(ax, sizes: pd.DataFrame) -> None:
+    """Mean retention per method (groups) and subset size (bars) with their intervals."""
+    methods = list(dict.fromkeys(sizes.method))
+    all_sizes = sorted(set(sizes.subset_size))
+    width = 0.8 / len(all_sizes)
+    for i, size in enumerate(all_sizes):
+        s = sizes[sizes.subset_size == size].set_index("method").reindex(methods)
+        ax.barh(np.arange(len(methods)) + i * width, s["mean"].fillna(0), width, xerr=_error_bars(s), capsize=2,
+                label=f"{size} experts")
+    ax.set_yticks(np.arange(len(methods)) + 0.4 - width / 2, methods, fontsize=8)
+    ax.axvline(0, color="black", lw=1)
+    ax.axvline(1, color="black", lw=1, linestyle="--")
+    ax.set_xlabel(f"mean gain retention by number of experts merged; bars: {_interval_label(sizes)}")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _average_panel(ax, scores_csv: str | Path, score_metric: str, backend: str) -> None:
+    """Average score over tasks per merge of all experts (bars; mean over seeds), the base
+    and each expert as lines."""
     s = pd.read_csv(scores_csv)
     s = s[(s.metric == score_metric) & (s.backend == backend)]
-    avg = s.groupby("model", sort=False).score.mean()
+    avg = s.groupby(["model", "seed"], sort=False).score.mean().groupby("model", sort=False).mean()
     merges = avg[[m.startswith("merge/") for m in avg.index]].sort_values()
     refs = avg[[not (m.startswith("merge/") or m.startswith("ffg/")) for m in avg.index]]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(merges) + 1.6))
-    ax.barh([m.split("/", 1)[1] for m in merges.index], merges.values, color="tab:blue")
+    ax.barh([m.split("/", 1)[1] for m in merges.index], merges.values, color="tab:gray")
     # the base in black; each expert its own colour (line styles alone repeat after four)
     colors = itertools.cycle(["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
     styles = itertools.cycle(["--", ":", "-."])
@@ -88,9 +133,32 @@ def method_comparison(scores_csv: str | Path, out: str | Path, score_metric: str
         base = name == "base"
         ax.axvline(value, color="black" if base else next(colors), linestyle="-" if base else next(styles), lw=1,
                    label=f"{name} ({value:.3f})")
-    ax.set_xlabel(f"average {score_metric} over tasks")
+    ax.set_xlabel(f"average {score_metric} over tasks (mean over seeds)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title="references", title_fontsize=7)
     ax.grid(axis="x", alpha=0.3)
+
+
+def method_comparison(retention_csv: str | Path, by_size_csv: str | Path, scores_csv: str | Path,
+                      out: str | Path, score_metric: str, backend: str = "builtin",
+                      metric: str = "exact_match") -> None:
+    """The merges compared: first their gain retention on ``metric`` (merges of all
+    experts, with the interval over seeds), then, where subsets were merged, the mean
+    retention by number of experts, and last the average ``score_metric`` over tasks."""
+    r = pd.read_csv(retention_csv)
+    r = r[(r.backend == backend) & (r.metric == metric)]
+    whole = r[r.subset == "all"]
+    sizes = pd.read_csv(by_size_csv)
+    sizes = sizes[(sizes.backend == backend) & (sizes.metric == metric)]
+    sizes = sizes[sizes.method.isin(set(r[r.subset != "all"].method))]
+    n_merges = len([m for m in pd.read_csv(scores_csv).model.unique() if m.startswith("merge/")])
+    heights = [0.4 * len(whole) + 1.2] + ([0.4 * len(sizes) + 1.2] if len(sizes) else []) + [0.3 * n_merges + 1.2]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(9, sum(heights)), gridspec_kw={"height_ratios": heights},
+                             squeeze=False)
+    axes = list(axes[:, 0])
+    _retention_panel(axes[0], whole, metric, backend)
+    if len(sizes):
+        _size_panel(axes[1], sizes)
+    _average_panel(axes[-1], scores_csv, score_metric, backend)
     _save(fig, out)
 
 
@@ -195,11 +263,13 @@ def curvature_overlap(names: Sequence[str], experts: Sequence[str],
     return t
 
 
-def chosen_statistics(thresholds_csv: str | Path, merge: str, ffg_metric: str,
-                      ffg_root: str | Path = "results/ffg") -> dict[str, Path]:
-    """expert -> statistics.json of its graft at the density ``merge`` chose. The CSV's
-    ``metric`` column is the saliency (``fisher`` for full and rank-1 moments alike), so
-    the sweep folder is named by the merge's FFG metric."""
+def chosen_statistics(thresholds_csv: str | Path, merge: str, ffg_metric: str, seed: int,
+                      grafts: Mapping[str, str | Path]) -> dict[str, Path]:
+    """expert -> statistics.json of its graft at the density ``merge`` chose at ``seed``.
+    ``grafts`` maps graft model names (``ffg/<expert>/<metric>/<density>``) to their
+    folders. The CSV's ``metric`` column is the saliency (``fisher`` for full and rank-1
+    moments alike), so the graft is named by the merge's FFG metric."""
     t = pd.read_csv(thresholds_csv)
-    return {r.expert: Path(ffg_root) / r.expert / ffg_metric / density_label(r.density) / "statistics.json"
-            for r in t[t["merge"] == merge].itertuples()}
+    t = t[(t["merge"] == merge) & (t["seed"] == seed)]
+    return {r.expert: Path(grafts[graft_name(r.expert, ffg_metric, density_label(r.density))]) / STATISTICS
+            for r in t.itertuples()}

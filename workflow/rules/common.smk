@@ -1,56 +1,58 @@
 import math
 import os
+import re
 
 from snakemake.utils import validate
 
+from otamerge import layout
 from otamerge.demo.settings import expert_config
 from otamerge.densities import density_label
 from otamerge.merge_specs import moments_kind as merge_moments_kind
+from otamerge.seeds import config_seeds
+from otamerge.subsets import ALL, expand_merges
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+# every seed runs the whole family; each job's path and params hold only its own seed
+SEEDS = config_seeds(config)
 if "demo" in config:  # the demo builds its own models, then "downloads" them from disk
     DEMO = config["demo"]["outdir"]
-    SOURCES = {
-        "base": {"source": f"{DEMO}/base"},
-        **{
-            e: {
-                "source": f"{DEMO}/experts/{e}",
-                "preconditioner": "export/exp_avg_sq.safetensors",
-                "task": spec["task"],
-            }
-            for e, spec in config["demo"]["experts"].items()
-        },
-    }
+    TASK = {e: spec["task"] for e, spec in config["demo"]["experts"].items()}
 else:
     DEMO = None
-    SOURCES = {"base": config["models"]["base"], **config["models"]["experts"]}
-EXPERTS = [m for m in SOURCES if m != "base"]
+    TASK = {e: spec.get("task") for e, spec in config["models"]["experts"].items()}
+EXPERTS = list(TASK)
 MODELS = ["base", *EXPERTS]
-TASK = {e: SOURCES[e].get("task") for e in EXPERTS}
 # one spelling per sweep point: 0.1 and 0.10 are one job
 DENSITIES = sorted({density_label(d) for d in config["ffg"]["densities"]}, key=float)
 METRICS = config["ffg"]["metrics"]
-MERGES = config["merges"]
+# the configured merges (a merge set to null is dropped: a config merged over another can
+# remove one), then those of subsets of the experts; MERGE_INFO says which experts each holds
+MERGES, MERGE_INFO = expand_merges({m: s for m, s in config["merges"].items() if s is not None}, EXPERTS,
+                                   config.get("subsets"))
 BACKENDS = config["evaluation"]["backends"]
 # job sizes: the model's size in billions of parameters, and GPUs per GPU job
 SIZE_B = config.get("resources", {}).get("model_params_b", 1.0)
 GPUS = config.get("resources", {}).get("gpu", 0)
 
 
+def alternatives(names):
+    """A wildcard constraint matching exactly these names (merge names hold dots)."""
+    return "|".join(re.escape(n) for n in names)
+
+
 wildcard_constraints:
-    expert="|".join(EXPERTS),
-    name="|".join(MODELS),
-    backend="|".join(BACKENDS) or "builtin",
+    seed=r"\d+",
+    expert=alternatives(EXPERTS),
+    name=alternatives(MODELS),
+    backend=alternatives(BACKENDS) or "builtin",
     metric="fisher|fisher_rank1|magnitude|sparsegpt",
     density=r"[0-9][0-9.e-]*",
-    merge="|".join(MERGES) or "NO_MERGE",
-    model=r"base|{}|ffg/[^/]+/[^/]+/[^/]+|merge/[^/]+".format("|".join(EXPERTS)),
+    merge=alternatives(MERGES) or "NO_MERGE",
+    model=r"base|{}|ffg/[^/]+/[^/]+/[^/]+|merge/[^/]+".format(alternatives(EXPERTS)),
 
 
-BASE = "results/models/base"
-IMPORTANCE = "results/importance/sparsegpt.safetensors"
 PERPLEXITY_TEXTS = config["evaluation"].get("perplexity", {}).get("texts", {})
 
 
@@ -64,43 +66,41 @@ def scaled(fixed, per_b):
     return lambda wildcards, attempt: math.ceil((fixed + per_b * SIZE_B) * attempt)
 
 
-def expert_dir(expert):
-    """An expert as the download stage left it (weights, tokenizer, preconditioner)."""
-    return f"results/models/{expert}"
+def source(name, seed):
+    """Where model ``name`` of a seed comes from: the demo's build for that seed, or the
+    configured hub repo or local folder (``{seed}`` in its paths replaced by the seed)."""
+    if DEMO:
+        if name == "base":
+            return {"source": layout.demo_base(DEMO, seed)}
+        return {"source": layout.demo_expert(DEMO, seed, name), "preconditioner": "export/exp_avg_sq.safetensors"}
+    spec = config["models"]["base"] if name == "base" else config["models"]["experts"][name]
+    return {k: layout.per_seed(v, seed) if k in ("source", "preconditioner") else v for k, v in spec.items()}
 
 
-def moments_file(expert, kind="full"):
+def moments_file(seed, expert, kind="full"):
     """The expert's exp_avg_sq as downloaded, its rank-1 compression, or the base's OBS
-    importance (the same file for every expert)."""
+    importance (the same file for every expert of a seed)."""
     if kind == "sparsegpt":
-        return IMPORTANCE
+        return layout.importance_file(seed)
     if kind == "rank1":
-        return f"results/moments/{expert}/rank1.safetensors"
-    return f"{expert_dir(expert)}/preconditioner.safetensors"
+        return layout.rank1_moments(seed, expert)
+    return layout.preconditioner(layout.model_dir(seed, expert))
 
 
-def moments_input(expert, kind="full"):
+def moments_input(seed, expert, kind="full"):
     """What a job reading those moments depends on: downloaded moments live inside the
     expert's folder (a directory output), so the folder is the input."""
-    return expert_dir(expert) if kind == "full" else moments_file(expert, kind)
+    return layout.model_dir(seed, expert) if kind == "full" else moments_file(seed, expert, kind)
 
 
 def download_input(wildcards):
     """A source the demo builds is an output of the demo rules; hub sources have no input."""
-    src = SOURCES[wildcards.name]["source"]
-    return [src] if DEMO and src.startswith(f"{DEMO}/") else []
+    return [source(wildcards.name, wildcards.seed)["source"]] if DEMO else []
 
 
-def model_dir(wildcards):
-    """Folder of a model by its name in the score tables."""
-    m = wildcards.model
-    if m == "base":
-        return BASE
-    if m.startswith("ffg/"):
-        return f"results/{m}"
-    if m.startswith("merge/"):
-        return f"results/merges/{m.split('/', 1)[1]}/model"
-    return expert_dir(m)
+def model_input(wildcards):
+    """Folder of a model of a seed by its name in the score tables."""
+    return layout.model_folder(wildcards.seed, wildcards.model)
 
 
 def expert_settings(wildcards):
@@ -113,7 +113,7 @@ def ffg_moments_kind(metric):
 
 
 def merge_experts(merge):
-    return MERGES[merge].get("experts", EXPERTS)
+    return list(MERGE_INFO[merge].experts)
 
 
 def fixed_density(expert):
@@ -134,24 +134,24 @@ def candidate_densities(expert):
 
 
 def ffg_points(merge):
-    """``ffg/<expert>/<metric>/<density>`` of every candidate graft of a merge using FFG."""
-    return [f"ffg/{e}/{MERGES[merge]['ffg']}/{d}" for e in merge_experts(merge) for d in candidate_densities(e)]
+    """(expert, density) of every candidate graft of a merge using FFG."""
+    return [(e, d) for e in merge_experts(merge) for d in candidate_densities(e)]
 
 
 def merge_config_inputs(wildcards):
     """Experts and moments; with FFG, the sweep points the thresholds are read from."""
-    spec = MERGES[wildcards.merge]
+    seed, spec = wildcards.seed, MERGES[wildcards.merge]
     experts = merge_experts(wildcards.merge)
-    inputs = {"experts": [expert_dir(e) for e in experts], "base": BASE}
+    inputs = {"experts": [layout.model_dir(seed, e) for e in experts], "base": layout.model_dir(seed, "base")}
     kind = merge_moments_kind(spec)
     if kind:
-        inputs["moments"] = [moments_input(e, kind) for e in experts]
+        inputs["moments"] = [moments_input(seed, e, kind) for e in experts]
     if spec.get("ffg"):
-        inputs["sweeps"] = [f"results/{p}" for p in ffg_points(wildcards.merge)]
+        inputs["sweeps"] = [layout.graft_dir(seed, e, spec["ffg"], d) for e, d in ffg_points(wildcards.merge)]
         inputs["scores"] = [
-            f"results/evaluation/builtin/ffg/{e}/{spec['ffg']}/{d}.json" for e in experts
+            layout.scores(seed, "builtin", layout.graft_name(e, spec["ffg"], d)) for e in experts
             if not fixed_density(e) for d in DENSITIES
-        ] + [f"results/evaluation/builtin/{e}.json" for e in experts if not fixed_density(e)]
+        ] + [layout.scores(seed, "builtin", e) for e in experts if not fixed_density(e)]
     return inputs
 
 
@@ -161,14 +161,14 @@ def merge_config_params(wildcards):
     experts = merge_experts(wildcards.merge)
     kind = merge_moments_kind(spec)
     params = {"spec": spec, "experts": experts,
-              "moments": [moments_file(e, kind) for e in experts] if kind else []}
+              "moments": [moments_file(wildcards.seed, e, kind) for e in experts] if kind else []}
     if spec.get("ffg"):
         params["thresholds"] = {
             "fixed": {e: fixed_density(e) for e in experts if fixed_density(e)},
             "retention": config["thresholds"].get("retention", 0.95),
             "score": config["thresholds"].get("score", "token_accuracy"),
             "tasks": {e: TASK[e] for e in experts},
-            "densities": {e: candidate_densities(e) for e in experts},
+            "points": ffg_points(wildcards.merge),  # one per input sweep folder, in order
         }
     return params
 
@@ -209,7 +209,7 @@ def require_sections():
     # an expert without moments (e.g. a LoRA adapter) only where no job reads them
     needs = {e for e in EXPERTS if {"fisher", "fisher_rank1"} & set(METRICS)}
     needs |= {e for m, s in MERGES.items() if merge_moments_kind(s) in ("full", "rank1") for e in merge_experts(m)}
-    lacking = sorted(e for e in needs if DEMO is None and not SOURCES[e].get("preconditioner"))
+    lacking = sorted(e for e in needs if DEMO is None and not config["models"]["experts"][e].get("preconditioner"))
     if lacking:
         raise ValueError(f"experts {', '.join(lacking)} have no preconditioner, which the fisher FFG metric, "
                          "OTA and trim_by fisher read (use magnitude or sparsegpt for them)")
@@ -221,21 +221,24 @@ require_sections()
 
 
 def evaluated(models, backends=BACKENDS):
-    return expand("results/evaluation/{backend}/{model}.json", backend=backends, model=models)
+    """Score files of these models, every seed."""
+    return [layout.scores(s, b, m) for s in SEEDS for b in backends for m in models]
 
 
 def sweep_models():
-    return [f"ffg/{e}/{m}/{d}" for e in EXPERTS for m in METRICS for d in DENSITIES]
+    return [layout.graft_name(e, m, d) for e in EXPERTS for m in METRICS for d in DENSITIES]
 
 
-FFG_MERGES = [m for m, spec in MERGES.items() if spec.get("ffg")]
+# merges of all of their experts; subset merges choose the same grafts (one expert's
+# density depends on its own scores only), so the graft rows and the plots read these
+FFG_MERGES = [m for m, spec in MERGES.items() if spec.get("ffg") and MERGE_INFO[m].subset == ALL]
 
 
 def graft_candidates():
-    """Sweep points that may be an expert's chosen graft: where densities are chosen
-    automatically every point of the merges' FFG metrics (the builtin evaluator scores
-    them all anyway), else the fixed one."""
-    return sorted({p for m in FFG_MERGES for p in ffg_points(m)})
+    """Sweep points that may be an expert's chosen graft (model names): where densities
+    are chosen automatically every point of the merges' FFG metrics (the builtin
+    evaluator scores them all anyway), else the fixed one."""
+    return sorted({layout.graft_name(e, MERGES[m]["ffg"], d) for m in FFG_MERGES for e, d in ffg_points(m)})
 
 
 def graft_scores():
@@ -247,15 +250,26 @@ def graft_scores():
     return evaluated(graft_candidates(), [b for b in BACKENDS if b == "builtin"]) + evaluated(fixed, external)
 
 
+def merge_infos():
+    """What the retention table needs of each merge, as plain values (job params)."""
+    return {m: {"method": i.method, "subset": i.subset, "experts": list(i.experts)} for m, i in MERGE_INFO.items()}
+
+
+SUMMARY_TABLES = ["scores.csv", "accuracy.md", "accuracy.json"]
+RETENTION_TABLES = ["retention.md", "retention.csv", "retention_by_size.csv", "retention_by_seed.csv"]
+
+
 def get_final_output():
-    """Every merged model with the thresholds it was made with, every sweep point, and the
-    summary tables of the configured evaluation backends."""
-    out = [f"results/merges/{m}/{f}" for m in MERGES for f in ("model", "thresholds.csv")]
-    out += [f"results/{m}" for m in sweep_models()]
+    """Every merged model of every seed with the thresholds it was made with, every sweep
+    point, and the cross-seed summary tables of the configured evaluation backends."""
+    out = [f for s in SEEDS for m in MERGES for f in (layout.merged_model(s, m), layout.merge_thresholds(s, m))]
+    out += [layout.model_folder(s, p) for s in SEEDS for p in sweep_models()]
     if BACKENDS:
-        out += ["results/summary/scores.csv", "results/summary/accuracy.md", "results/summary/accuracy.json"]
+        out += [layout.summary(t) for t in SUMMARY_TABLES]
+        if MERGES:
+            out += [layout.summary(t) for t in RETENTION_TABLES]
     if "builtin" in BACKENDS:  # the sweep is scored by the builtin evaluator only
-        out += ["results/summary/sweep.md", "results/summary/thresholds.csv"]
+        out += [layout.summary("sweep.md"), layout.summary("thresholds.csv")]
         if FFG_MERGES:  # the plots show the grafts the first FFG merge chose
-            out += ["results/plots/methods.png"]
+            out += [layout.plot("methods")]
     return out

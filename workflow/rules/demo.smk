@@ -1,15 +1,15 @@
-# the demo's own models: only with a demo section in the config
+# the demo's own models: only with a demo section in the config; one build per seed
 if DEMO:
 
     rule demo_base:
         output:
-            directory(f"{DEMO}/base"),
+            directory(layout.demo_base(DEMO, "{seed}")),
         log:
-            "logs/demo_base/base.log",
+            layout.log("demo_base", "{seed}", "base"),
         benchmark:
-            "results/benchmarks/demo_base/base.tsv"
+            layout.benchmark("demo_base", "{seed}", "base")
         params:
-            seed=config["seed"],
+            seed=lambda wc: int(wc.seed),
             n_eval=config["demo"]["n_eval"],
             torch_threads=config["demo"]["threads"],
             arch=config["demo"].get("arch", {}),
@@ -26,15 +26,15 @@ if DEMO:
 
     rule demo_expert:
         input:
-            f"{DEMO}/base",
+            layout.demo_base(DEMO, "{seed}"),
         output:
-            directory(f"{DEMO}/experts/{{expert}}"),
+            directory(layout.demo_expert(DEMO, "{seed}", "{expert}")),
         log:
-            "logs/demo_expert/{expert}.log",
+            layout.log("demo_expert", "{seed}", "{expert}"),
         benchmark:
-            "results/benchmarks/demo_expert/{expert}.tsv"
+            layout.benchmark("demo_expert", "{seed}", "{expert}")
         params:
-            seed=config["seed"],
+            seed=lambda wc: int(wc.seed),
             n_eval=config["demo"]["n_eval"],
             torch_threads=config["demo"]["threads"],
             task=lambda wc: config["demo"]["experts"][wc.expert]["task"],
@@ -51,12 +51,12 @@ if DEMO:
 
     rule demo_texts:
         output:
-            calibration=f"{DEMO}/text/calibration.txt",
-            heldout=f"{DEMO}/text/heldout.txt",
+            calibration=layout.demo_text(DEMO, "{seed}", "calibration"),
+            heldout=layout.demo_text(DEMO, "{seed}", "heldout"),
         log:
-            "logs/demo_texts/texts.log",
+            layout.log("demo_texts", "{seed}", "texts"),
         params:
-            seed=config["seed"],
+            seed=lambda wc: int(wc.seed),
             n_eval=config["demo"]["n_eval"],
             n_examples=2000,
         threads: 1

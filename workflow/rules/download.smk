@@ -2,11 +2,11 @@ rule download:
     input:
         download_input,
     output:
-        directory("results/models/{name}"),
+        directory(layout.model_dir("{seed}", "{name}")),
     log:
-        "logs/download/{name}.log",
+        layout.log("download", "{seed}", "{name}"),
     params:
-        source=lambda wc: SOURCES[wc.name],
+        source=lambda wc: source(wc.name, wc.seed),
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),

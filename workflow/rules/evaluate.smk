@@ -1,16 +1,17 @@
 rule evaluate_builtin:
     input:
-        model_dir,
+        model_input,
     output:
-        "results/evaluation/builtin/{model}.json",
+        layout.scores("{seed}", "builtin", "{model}"),
     log:
-        "logs/evaluate_builtin/{model}.log",
+        layout.log("evaluate_builtin", "{seed}", "{model}"),
     benchmark:
-        "results/benchmarks/evaluate_builtin/{model}.tsv"
+        layout.benchmark("evaluate_builtin", "{seed}", "{model}")
     params:
         tasks=config["evaluation"]["tasks"],
         n=config.get("demo", {}).get("n_eval", 100),
-        seed=config["seed"],
+        # the seed's held-out prompts: the ones its demo build kept out of training
+        seed=lambda wc: int(wc.seed),
     threads: 1
     resources:
         mem_mb=scaled(2000, 4000),
@@ -24,14 +25,14 @@ rule evaluate_builtin:
 
 rule evaluate_olmes:
     input:
-        model_dir,
+        model_input,
     output:
-        scores="results/evaluation/olmes/{model}.json",
-        raw=directory("results/evaluation/olmes_raw/{model}"),
+        scores=layout.scores("{seed}", "olmes", "{model}"),
+        raw=directory(layout.raw_scores("{seed}", "olmes", "{model}")),
     log:
-        "logs/evaluate_olmes/{model}.log",
+        layout.log("evaluate_olmes", "{seed}", "{model}"),
     benchmark:
-        "results/benchmarks/evaluate_olmes/{model}.tsv"
+        layout.benchmark("evaluate_olmes", "{seed}", "{model}")
     params:
         tasks=backend_tasks("olmes"),
         settings=backend_settings("olmes"),
@@ -48,19 +49,19 @@ rule evaluate_olmes:
 
 rule evaluate_lm_eval:
     input:
-        model_dir,
+        model_input,
     output:
-        scores="results/evaluation/lm_eval/{model}.json",
-        raw=directory("results/evaluation/lm_eval_raw/{model}"),
+        scores=layout.scores("{seed}", "lm_eval", "{model}"),
+        raw=directory(layout.raw_scores("{seed}", "lm_eval", "{model}")),
     log:
-        "logs/evaluate_lm_eval/{model}.log",
+        layout.log("evaluate_lm_eval", "{seed}", "{model}"),
     benchmark:
-        "results/benchmarks/evaluate_lm_eval/{model}.tsv"
+        layout.benchmark("evaluate_lm_eval", "{seed}", "{model}")
     params:
         tasks=backend_tasks("lm_eval"),
         settings=backend_settings("lm_eval"),
         n=config.get("demo", {}).get("n_eval", 100),
-        seed=config["seed"],
+        seed=lambda wc: int(wc.seed),
     threads: 2
     resources:
         mem_mb=scaled(4000, 4000),
@@ -74,16 +75,16 @@ rule evaluate_lm_eval:
 
 rule evaluate_perplexity:
     input:
-        model=model_dir,
-        texts=list(PERPLEXITY_TEXTS.values()),
+        model=model_input,
+        texts=lambda wc: [layout.per_seed(f, wc.seed) for f in PERPLEXITY_TEXTS.values()],
     output:
-        "results/evaluation/perplexity/{model}.json",
+        layout.scores("{seed}", "perplexity", "{model}"),
     log:
-        "logs/evaluate_perplexity/{model}.log",
+        layout.log("evaluate_perplexity", "{seed}", "{model}"),
     benchmark:
-        "results/benchmarks/evaluate_perplexity/{model}.tsv"
+        layout.benchmark("evaluate_perplexity", "{seed}", "{model}")
     params:
-        texts=PERPLEXITY_TEXTS,
+        names=list(PERPLEXITY_TEXTS),  # the task name of each input text, in order
         max_length=config["evaluation"].get("perplexity", {}).get("max_length"),
         stride=config["evaluation"].get("perplexity", {}).get("stride"),
     threads: 1

@@ -1,15 +1,13 @@
 rule compress_moments:
     input:
-        lambda wc: expert_dir(wc.expert),
+        layout.model_dir("{seed}", "{expert}"),
     output:
-        moments="results/moments/{expert}/rank1.safetensors",
-        report="results/moments/{expert}/rank1.json",
+        moments=layout.rank1_moments("{seed}", "{expert}"),
+        report=layout.rank1_report("{seed}", "{expert}"),
     log:
-        "logs/compress_moments/{expert}.log",
-    params:
-        moments=lambda wc: moments_file(wc.expert),
+        layout.log("compress_moments", "{seed}", "{expert}"),
     benchmark:
-        "results/benchmarks/compress_moments/{expert}.tsv"
+        layout.benchmark("compress_moments", "{seed}", "{expert}")
     threads: 1
     resources:
         mem_mb=scaled(2000, 500),
@@ -22,23 +20,24 @@ rule compress_moments:
 
 rule ffg:
     input:
-        base=BASE,
-        expert=lambda wc: expert_dir(wc.expert),
+        base=layout.model_dir("{seed}", "base"),
+        expert=layout.model_dir("{seed}", "{expert}"),
         moments=lambda wc: (
-            moments_input(wc.expert, ffg_moments_kind(wc.metric))
+            moments_input(wc.seed, wc.expert, ffg_moments_kind(wc.metric))
             if ffg_moments_kind(wc.metric)
             else []
         ),
     output:
-        directory("results/ffg/{expert}/{metric}/{density}"),
+        directory(layout.graft_dir("{seed}", "{expert}", "{metric}", "{density}")),
     log:
-        "logs/ffg/{expert}/{metric}/{density}.log",
+        layout.log("ffg", "{seed}", "{expert}/{metric}/{density}"),
     benchmark:
-        "results/benchmarks/ffg/{expert}/{metric}/{density}.tsv"
+        layout.benchmark("ffg", "{seed}", "{expert}/{metric}/{density}")
     params:
         density=lambda wc: float(wc.density),
+        # the file itself: downloaded moments are inside the expert's folder (the input)
         moments=lambda wc: (
-            moments_file(wc.expert, ffg_moments_kind(wc.metric))
+            moments_file(wc.seed, wc.expert, ffg_moments_kind(wc.metric))
             if ffg_moments_kind(wc.metric)
             else None
         ),

@@ -1,21 +1,21 @@
-# SparseGPT (OBS) importance: calibration Hessians of the base, once, reused by every
-# expert and density; the importance from them (changing damping reruns only this)
+# SparseGPT (OBS) importance: calibration Hessians of each seed's base, once, reused by
+# every expert and density; the importance from them (changing damping reruns only this)
 if "sparsegpt" in config:
 
     rule hessians:
         input:
-            base=BASE,
-            calibration=config["sparsegpt"]["calibration"],
+            base=layout.model_dir("{seed}", "base"),
+            calibration=lambda wc: layout.per_seed(config["sparsegpt"]["calibration"], wc.seed),
         output:
-            directory("results/importance/hessians"),
+            directory(layout.hessians_dir("{seed}")),
         log:
-            "logs/hessians/hessians.log",
+            layout.log("hessians", "{seed}", "hessians"),
         benchmark:
-            "results/benchmarks/hessians/hessians.tsv"
+            layout.benchmark("hessians", "{seed}", "hessians")
         params:
             samples=config["sparsegpt"]["samples"],
             seqlen=config["sparsegpt"]["seqlen"],
-            seed=config["sparsegpt"].get("seed", config["seed"]),
+            seed=lambda wc: config["sparsegpt"].get("seed", int(wc.seed)),
         threads: 1
         resources:
             mem_mb=scaled(2000, 6000),
@@ -29,14 +29,14 @@ if "sparsegpt" in config:
 
     rule sparsegpt_importance:
         input:
-            base=BASE,
-            hessians="results/importance/hessians",
+            base=layout.model_dir("{seed}", "base"),
+            hessians=layout.hessians_dir("{seed}"),
         output:
-            IMPORTANCE,
+            layout.importance_file("{seed}"),
         log:
-            "logs/sparsegpt_importance/importance.log",
+            layout.log("sparsegpt_importance", "{seed}", "importance"),
         benchmark:
-            "results/benchmarks/sparsegpt_importance/importance.tsv"
+            layout.benchmark("sparsegpt_importance", "{seed}", "importance")
         params:
             damping=config["sparsegpt"]["damping"],
         threads: 1

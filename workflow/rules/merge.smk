@@ -2,10 +2,10 @@ rule merge_config:
     input:
         unpack(merge_config_inputs),
     output:
-        config="results/merges/{merge}/merge_config.yml",
-        choices="results/merges/{merge}/thresholds.csv",
+        config=layout.merge_config("{seed}", "{merge}"),
+        choices=layout.merge_thresholds("{seed}", "{merge}"),
     log:
-        "logs/merge_config/{merge}.log",
+        layout.log("merge_config", "{seed}", "{merge}"),
     params:
         merge_config_params,
     threads: 1
@@ -20,15 +20,16 @@ rule merge_config:
 
 rule merge:
     input:
-        config="results/merges/{merge}/merge_config.yml",
+        config=layout.merge_config("{seed}", "{merge}"),
     output:
-        directory("results/merges/{merge}/model"),
+        directory(layout.merged_model("{seed}", "{merge}")),
     log:
-        "logs/merge/{merge}.log",
+        layout.log("merge", "{seed}", "{merge}"),
     benchmark:
-        "results/benchmarks/merge/{merge}.tsv"
+        layout.benchmark("merge", "{seed}", "{merge}")
     params:
-        seed=lambda wc: MERGES[wc.merge].get("seed", config["seed"]),
+        # random masks (DARE) follow the run's seed unless the merge fixes its own
+        seed=lambda wc: MERGES[wc.merge].get("seed", int(wc.seed)),
     threads: 1
     resources:
         mem_mb=scaled(4000, 2500),

@@ -1,21 +1,19 @@
+# cross-seed tables and plots. Report categories are shown in alphabetical order: the
+# numbers put retention, the headline, first.
 rule summary:
     input:
-        scores=evaluated(MODELS + [f"merge/{m}" for m in MERGES]),
+        scores=evaluated(MODELS + [layout.merge_name(m) for m in MERGES]),
         grafts=graft_scores(),
-        thresholds=expand("results/merges/{merge}/thresholds.csv", merge=FFG_MERGES),
+        thresholds=[layout.merge_thresholds(s, m) for s in SEEDS for m in FFG_MERGES],
     output:
-        scores="results/summary/scores.csv",
-        table=report(
-            "results/summary/accuracy.md",
-            caption="../report/accuracy.rst",
-            category="Summary",
-        ),
-        matrix="results/summary/accuracy.json",
+        scores=layout.summary("scores.csv"),
+        table=report(layout.summary("accuracy.md"), caption="../report/accuracy.rst", category="2. Accuracy"),
+        matrix=layout.summary("accuracy.json"),
     log:
-        "logs/summary/summary.log",
+        layout.log("summary", None, "summary"),
     params:
         tasks=all_tasks(),
-        ffg_metrics=[MERGES[m]["ffg"] for m in FFG_MERGES],
+        ffg_metrics=[MERGES[m]["ffg"] for s in SEEDS for m in FFG_MERGES],  # one per thresholds file
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),
@@ -26,26 +24,44 @@ rule summary:
         "../scripts/summary.py"
 
 
+rule retention:
+    input:
+        evaluated(MODELS + [layout.merge_name(m) for m in MERGES]),
+    output:
+        table=report(layout.summary("retention.md"), caption="../report/retention.rst", category="1. Retention"),
+        csv=report(layout.summary("retention.csv"), caption="../report/retention_csv.rst", category="1. Retention"),
+        by_size=layout.summary("retention_by_size.csv"),
+        by_seed=layout.summary("retention_by_seed.csv"),
+    log:
+        layout.log("retention", None, "retention"),
+    params:
+        merges=merge_infos(),
+        tasks=TASK,
+    threads: 1
+    resources:
+        mem_mb=scaled(1000, 0),
+        runtime=scaled(5, 0),
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/retention.py"
+
+
 rule sweep_summary:
     input:
         scores=evaluated(sweep_models(), ["builtin"]),
-        thresholds=expand("results/merges/{merge}/thresholds.csv", merge=MERGES),
+        thresholds=[layout.merge_thresholds(s, m) for s in SEEDS for m in FFG_MERGES],
     output:
-        sweep=report(
-            "results/summary/sweep.md",
-            caption="../report/sweep.rst",
-            category="FFG sweep",
-        ),
-        sweep_csv="results/summary/sweep.csv",
+        sweep=report(layout.summary("sweep.md"), caption="../report/sweep.rst", category="3. FFG sweep"),
+        sweep_csv=layout.summary("sweep.csv"),
         thresholds=report(
-            "results/summary/thresholds.csv",
-            caption="../report/thresholds.rst",
-            category="FFG sweep",
+            layout.summary("thresholds.csv"), caption="../report/thresholds.rst", category="3. FFG sweep"
         ),
     log:
-        "logs/sweep_summary/sweep_summary.log",
+        layout.log("sweep_summary", None, "sweep_summary"),
     params:
         tasks=TASK,
+        merges=[m for s in SEEDS for m in FFG_MERGES],  # one per thresholds file
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),
@@ -58,29 +74,32 @@ rule sweep_summary:
 
 rule plots:
     input:
-        scores="results/summary/scores.csv",
-        sweep="results/summary/sweep.csv",
-        thresholds="results/summary/thresholds.csv",
-        grafts=[f"results/{m}" for m in graft_candidates()],
-        base=BASE,
-        experts=[expert_dir(e) for e in EXPERTS],
+        scores=layout.summary("scores.csv"),
+        retention=layout.summary("retention.csv"),
+        by_size=layout.summary("retention_by_size.csv"),
+        sweep=layout.summary("sweep.csv"),
+        thresholds=layout.summary("thresholds.csv"),
+        # where FFG keeps edits and the curvature overlap: the first seed's models
+        grafts=[layout.model_folder(SEEDS[0], g) for g in graft_candidates()],
+        base=layout.model_dir(SEEDS[0], "base"),
+        experts=[layout.model_dir(SEEDS[0], e) for e in EXPERTS],
     output:
-        sweep=report("results/plots/ffg_sweep.png", caption="../report/ffg_sweep.rst", category="Plots"),
-        methods=report("results/plots/methods.png", caption="../report/methods.rst", category="Plots"),
-        localization=report(
-            "results/plots/localization.png", caption="../report/localization.rst", category="Plots"
-        ),
-        mask_rank=report("results/plots/mask_rank.png", caption="../report/mask_rank.rst", category="Plots"),
+        sweep=report(layout.plot("ffg_sweep"), caption="../report/ffg_sweep.rst", category="4. Plots"),
+        methods=report(layout.plot("methods"), caption="../report/methods.rst", category="4. Plots"),
+        localization=report(layout.plot("localization"), caption="../report/localization.rst", category="4. Plots"),
+        mask_rank=report(layout.plot("mask_rank"), caption="../report/mask_rank.rst", category="4. Plots"),
         overlap=report(
-            "results/plots/curvature_overlap.png", caption="../report/curvature_overlap.rst", category="Plots"
+            layout.plot("curvature_overlap"), caption="../report/curvature_overlap.rst", category="4. Plots"
         ),
     log:
-        "logs/plots/plots.log",
+        layout.log("plots", None, "plots"),
     params:
         score=config["thresholds"].get("score", "token_accuracy"),
+        seed=SEEDS[0],
+        grafts=graft_candidates(),  # model name of each input graft, in order
         graft_merge=lambda wc: FFG_MERGES[0],
         graft_metric=lambda wc: MERGES[FFG_MERGES[0]]["ffg"],
-        moments={e: moments_file(e) for e in EXPERTS},
+        experts=EXPERTS,  # name of each input expert, in order
     threads: 1
     resources:
         mem_mb=scaled(2000, 1000),

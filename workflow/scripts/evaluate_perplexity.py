@@ -6,5 +6,6 @@ from otamerge.logs import to_file
 with to_file(snakemake.log[0]):
     p = snakemake.params
     model, tokenizer = load_model(snakemake.input.model)
-    rows = perplexity.evaluate(model, tokenizer, p.texts, snakemake.wildcards.model, p.max_length, p.stride)
+    texts = dict(zip(p.names, snakemake.input.texts))
+    rows = perplexity.evaluate(model, tokenizer, texts, snakemake.wildcards.model, p.max_length, p.stride)
     write_json(snakemake.output[0], rows)

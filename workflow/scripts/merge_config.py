@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import pandas as pd
 import yaml
 
 from otamerge.atomic import atomic_file
 from otamerge.density_choice import choose_density, with_thresholds
-from otamerge.ffg import read_statistics
+from otamerge.ffg import STATISTICS, read_statistics
+from otamerge.layout import graft_name
 from otamerge.logs import to_file
 from otamerge.merge_specs import merge_template, own_task_scores
 
@@ -18,15 +21,17 @@ with to_file(snakemake.log[0]):
     rows = []
     if p["spec"].get("ffg"):
         t, metric = p["thresholds"], p["spec"]["ffg"]
-        names = {f"ffg/{e}/{metric}/{d}": (e, float(d)) for e, ds in t["densities"].items() for d in ds}
+        # each input sweep folder is the sweep point (expert, density) of the same place in points
+        stats = {}
+        for (e, d), folder in zip(t["points"], inp.sweeps):
+            stats.setdefault(e, {})[float(d)] = read_statistics(Path(folder) / STATISTICS)
+        names = {graft_name(e, metric, d): (e, float(d)) for e, d in t["points"]}
         names.update({e: (e, 1.0) for e in experts})
         scores = own_task_scores(inp.get("scores", []), names, t["tasks"], t["score"])
         for e in experts:
-            stats = {float(d): read_statistics(f"results/ffg/{e}/{metric}/{d}/statistics.json")
-                     for d in t["densities"][e]}
             own = {r.density: r.score for r in scores[scores.expert == e].itertuples()}
             fixed = t["fixed"].get(e)
-            rows.append(choose_density(e, stats, float(fixed) if fixed else None, own, t["retention"]))
+            rows.append(choose_density(e, stats[e], float(fixed) if fixed else None, own, t["retention"]))
         cfg = with_thresholds(cfg, {experts[r["expert"]]: r["threshold"] for r in rows})
     with atomic_file(snakemake.output.config) as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)

@@ -1,4 +1,4 @@
-from otamerge import plots
+from otamerge import layout, plots
 from otamerge.checkpoint import Checkpoint
 from otamerge.logs import to_file
 from otamerge.moments import Moments
@@ -6,11 +6,13 @@ from otamerge.moments import Moments
 with to_file(snakemake.log[0]):
     inp, out, p = snakemake.input, snakemake.output, snakemake.params
     plots.sweep_curves(inp.sweep, out.sweep, p.score)
-    plots.method_comparison(inp.scores, out.methods, p.score)
-    chosen = plots.chosen_statistics(inp.thresholds, p.graft_merge, p.graft_metric)
+    plots.method_comparison(inp.retention, inp.by_size, inp.scores, out.methods, p.score)
+    # the grafts (model name -> folder) and experts of the first seed, as the rule lists them
+    chosen = plots.chosen_statistics(inp.thresholds, p.graft_merge, p.graft_metric, p.seed,
+                                     dict(zip(p.grafts, inp.grafts)))
     plots.localization(chosen, out.localization)
     plots.mask_rank(chosen, out.mask_rank)
-    moments = {e: Moments(path, f"moments of {e}") for e, path in p.moments.items()}
+    moments = {e: Moments(layout.preconditioner(folder), f"moments of {e}") for e, folder in zip(p.experts, inp.experts)}
     base = Checkpoint(inp.base, "base model")
     names = [n for n in base.names() if base.dtype(n).is_floating_point]
     plots.curvature_overlap(names, list(moments), lambda e, n: moments[e].get(n).numpy(), out.overlap)
