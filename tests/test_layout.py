@@ -53,13 +53,13 @@ def test_table_names_of_grafts_and_merges():
     assert layout.graft_dir(0, "add", "fisher", "0.1") == f"{layout.root(0)}/{layout.graft_name('add', 'fisher', '0.1')}"
 
 
-def test_every_per_seed_path_gives_its_seed_back():
+def test_every_per_seed_result_gives_its_seed_back():
     for seed in (0, 7, 12):
         paths = [layout.scores(seed, "builtin", "ffg/add/fisher/0.1"), layout.merge_thresholds(seed, "seed3"),
-                 layout.demo_base("resources/demo", seed), layout.log("merge", seed, "ties"),
-                 layout.benchmark("ffg", seed, "add/fisher/0.1"), layout.model_dir(seed, "seed9x")]
+                 layout.model_dir(seed, "seed9x"), layout.graft_dir(seed, "add", "fisher", "0.1"),
+                 f"/work/results/seed5/wf/{layout.scores(seed, 'builtin', 'merge/seed2')}"]
         assert [layout.seed_of(p) for p in paths] == [seed] * len(paths)
-    with pytest.raises(ValueError, match="not in a per-seed folder"):
+    with pytest.raises(ValueError, match="not in a seed's results folder"):
         layout.seed_of("results/summary/scores.csv")
 
 

@@ -6,6 +6,7 @@ import math
 import pandas as pd
 import pytest
 
+from otamerge import layout
 from otamerge import retention as ret
 from otamerge.intervals import betainc, interval, t_quantile
 from otamerge.subsets import MergeInfo
@@ -119,8 +120,8 @@ def test_retention_files_lead_with_exact_match(tmp_path):
     graded = frame.assign(metric="token_accuracy", score=frame.score * 0.5 + 0.25)
     files = []
     for seed, rows in pd.concat([graded, frame]).groupby("seed"):  # token accuracy first in the files
-        f = tmp_path / f"seed{seed}" / "scores.json"
-        f.parent.mkdir()
+        f = tmp_path / layout.scores(seed, "builtin", "all")
+        f.parent.mkdir(parents=True)
         f.write_text(json.dumps(rows.drop(columns="seed").to_dict("records")))
         files.append(f)
     merges = {n: {"method": i.method, "subset": i.subset, "experts": list(i.experts)} for n, i in MERGES.items()}
@@ -139,8 +140,8 @@ def test_retention_files_lead_with_exact_match(tmp_path):
 
 def test_no_task_scores_no_retention(tmp_path):
     """Perplexity of held-out text scores no expert's own task: no rows, and the table says why."""
-    f = tmp_path / "seed0" / "s.json"
-    f.parent.mkdir()
+    f = tmp_path / layout.scores(0, "perplexity", "base")
+    f.parent.mkdir(parents=True)
     f.write_text(json.dumps([{"model": "base", "task": "heldout", "metric": "perplexity", "score": 3.0, "n": 9,
                               "backend": "perplexity"}]))
     out = [tmp_path / n for n in ("a.md", "b.csv", "c.csv", "d.csv")]

@@ -25,7 +25,7 @@ LOGS = "logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 PRECONDITIONER = "preconditioner.safetensors"  # inside a downloaded expert's folder
 
-_SEED_DIR = re.compile(r"(?:^|/)seed(\d+)(?:/|$)")
+_SEED_ROOT = re.compile(rf"(?:^|/){RESULTS}/seed(\d+)/")
 
 
 def seed_dir(seed: Seed) -> str:
@@ -34,11 +34,14 @@ def seed_dir(seed: Seed) -> str:
 
 
 def seed_of(path: str | Path) -> int:
-    """The seed of a per-seed path (its ``seed<N>`` folder)."""
-    m = _SEED_DIR.search(Path(path).as_posix())
-    if not m:
-        raise ValueError(f"{path} is not in a per-seed folder (seed<N>/)")
-    return int(m[1])
+    """The seed of a file in a seed's results tree (``results/seed<N>/...``), e.g. a score
+    file the summary reads. The last such folder counts, so a working directory that
+    itself lies under some ``results/seed<M>/`` does not mislead it (names of models and
+    merges hold no ``/``, so none can make a second one inside the tree)."""
+    found = _SEED_ROOT.findall(Path(path).as_posix())
+    if not found:
+        raise ValueError(f"{path} is not in a seed's results folder ({RESULTS}/seed<N>/)")
+    return int(found[-1])
 
 
 def per_seed(path: str, seed: Seed) -> str:
