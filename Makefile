@@ -26,7 +26,7 @@ JOBS ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS)
 	$(BIN)/snakemake --report results/report.html
-	@echo "summary tables: results/summary/accuracy.md results/summary/sweep.md results/summary/thresholds.csv"
+	@echo "summary tables: results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md results/summary/thresholds.csv"
 	@echo "report: results/report.html"
 
 $(MERGEKIT_VENV)/.installed:

@@ -173,7 +173,7 @@ def test_pbs_profile_torque_dialect_end_to_end_on_slurm_wlm_torque(tmp_path):
            "PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)}
     wf = tmp_path / "wf"
     start = time.monotonic()
-    res = snakemake(wf, "--profile", str(PBS), "--jobs", "4", "results/ffg/add/fisher/0.1",
+    res = snakemake(wf, "--profile", str(PBS), "--jobs", "4", "results/seed0/ffg/add/fisher/0.1",
                     "--latency-wait", "5", "--seconds-between-status-checks", "1",
                     "--max-status-checks-per-second", "20",
                     "--default-resources", "mem_mb=4000", "runtime=60", "pbs_dialect=torque",

@@ -41,9 +41,12 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
 
 
 def test_papers_config_validates_and_lists_the_whole_dag(tmp_path):
+    """As its header says to run it: a whole config of its own, not merged over the demo's
+    config/config.yaml (which the working directory has, as the repository root does)."""
     cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     validate(cfg, SCHEMA)
-    res = snakemake(tmp_path, "-n", config=cfg)
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    res = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config/paper.yaml"), "--replace-workflow-config")
     assert res.returncode == 0, res.stderr[-2000:]
     experts = 6  # all six are swept; the merges use five of them
     # OLMES scores the base, the experts, the merges and the five merged experts grafted at
