@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from otamerge.densities import density_label  # noqa: E402
 from otamerge.ffg import STATISTICS  # noqa: E402
 from otamerge.layout import graft_name  # noqa: E402
+from otamerge.subsets import ALL  # noqa: E402
 
 ROLES = ["q", "k", "v", "o", "gate", "up", "down", "norms", "embed", "lm_head"]
 _ROLE = [(r"\.q_proj\.", "q"), (r"\.k_proj\.", "k"), (r"\.v_proj\.", "v"), (r"\.o_proj\.", "o"),
@@ -89,9 +90,9 @@ def _retention_panel(ax, t: pd.DataFrame, metric: str, backend: str) -> None:
     """Retention of each merge of all experts (bars, best on top) with its interval."""
     t = t.sort_values("mean", na_position="first")
     ax.barh(list(t["merge"]), t["mean"].fillna(0), xerr=_error_bars(t), color="tab:blue", capsize=3)
-    for y, (m, n) in enumerate(zip(t["mean"], t.n_seeds)):
-        ax.annotate("n/a" if np.isnan(m) else f"{m:.2f}", (0, y), xytext=(3, 0), textcoords="offset points",
-                    va="center", fontsize=7)
+    for y, (m, high) in enumerate(zip(t["mean"], t.high)):  # the value right of its interval
+        ax.annotate("n/a" if np.isnan(m) else f"{m:.2f}", (0 if np.isnan(high) else max(high, 0), y),
+                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     ax.axvline(0, color="black", lw=1)
     ax.axvline(1, color="black", lw=1, linestyle="--", label="every expert's gain kept")
     n = int(t.n_seeds.max()) if len(t) else 0
@@ -117,13 +118,12 @@ def _size_panel(ax, sizes: pd.DataFrame) -> None:
     ax.grid(axis="x", alpha=0.3)
 
 
-def _average_panel(ax, scores_csv: str | Path, score_metric: str, backend: str) -> None:
-    """Average score over tasks per merge of all experts (bars; mean over seeds), the base
-    and each expert as lines."""
-    s = pd.read_csv(scores_csv)
-    s = s[(s.metric == score_metric) & (s.backend == backend)]
+def _average_panel(ax, scores: pd.DataFrame, merges_shown: set[str], score_metric: str, backend: str) -> None:
+    """Average score over tasks per merge in ``merges_shown`` (bars; mean over seeds), the
+    base and each expert as lines."""
+    s = scores[(scores.metric == score_metric) & (scores.backend == backend)]
     avg = s.groupby(["model", "seed"], sort=False).score.mean().groupby("model", sort=False).mean()
-    merges = avg[[m.startswith("merge/") for m in avg.index]].sort_values()
+    merges = avg[[m.startswith("merge/") and m.split("/", 1)[1] in merges_shown for m in avg.index]].sort_values()
     refs = avg[[not (m.startswith("merge/") or m.startswith("ffg/")) for m in avg.index]]
     ax.barh([m.split("/", 1)[1] for m in merges.index], merges.values, color="tab:gray")
     # the base in black; each expert its own colour (line styles alone repeat after four)
@@ -133,7 +133,7 @@ def _average_panel(ax, scores_csv: str | Path, score_metric: str, backend: str) 
         base = name == "base"
         ax.axvline(value, color="black" if base else next(colors), linestyle="-" if base else next(styles), lw=1,
                    label=f"{name} ({value:.3f})")
-    ax.set_xlabel(f"average {score_metric} over tasks (mean over seeds)")
+    ax.set_xlabel(f"average {score_metric} over tasks of each merge of all experts (mean over seeds)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title="references", title_fontsize=7)
     ax.grid(axis="x", alpha=0.3)
 
@@ -143,22 +143,26 @@ def method_comparison(retention_csv: str | Path, by_size_csv: str | Path, scores
                       metric: str = "exact_match") -> None:
     """The merges compared: first their gain retention on ``metric`` (merges of all
     experts, with the interval over seeds), then, where subsets were merged, the mean
-    retention by number of experts, and last the average ``score_metric`` over tasks."""
+    retention by number of experts, and last the average ``score_metric`` over tasks of
+    the merges of all experts (a subset's average mixes tasks it was never given)."""
     r = pd.read_csv(retention_csv)
+    of_all = set(r[r.subset == ALL]["merge"])
     r = r[(r.backend == backend) & (r.metric == metric)]
-    whole = r[r.subset == "all"]
+    whole = r[r.subset == ALL]
     sizes = pd.read_csv(by_size_csv)
     sizes = sizes[(sizes.backend == backend) & (sizes.metric == metric)]
-    sizes = sizes[sizes.method.isin(set(r[r.subset != "all"].method))]
-    n_merges = len([m for m in pd.read_csv(scores_csv).model.unique() if m.startswith("merge/")])
-    heights = [0.4 * len(whole) + 1.2] + ([0.4 * len(sizes) + 1.2] if len(sizes) else []) + [0.3 * n_merges + 1.2]
+    sizes = sizes[sizes.method.isin(set(r[r.subset != ALL].method))]
+    scores = pd.read_csv(scores_csv)
+    merges = {m.split("/", 1)[1] for m in scores.model.unique() if m.startswith("merge/")}
+    shown = (merges & of_all) or merges  # every merge when no retention says which are of all experts
+    heights = [0.4 * len(whole) + 1.2] + ([0.4 * len(sizes) + 1.2] if len(sizes) else []) + [0.3 * len(shown) + 1.2]
     fig, axes = plt.subplots(len(heights), 1, figsize=(9, sum(heights)), gridspec_kw={"height_ratios": heights},
                              squeeze=False)
     axes = list(axes[:, 0])
     _retention_panel(axes[0], whole, metric, backend)
     if len(sizes):
         _size_panel(axes[1], sizes)
-    _average_panel(axes[-1], scores_csv, score_metric, backend)
+    _average_panel(axes[-1], scores, shown, score_metric, backend)
     _save(fig, out)
 
 

@@ -70,11 +70,6 @@ def matrix_over_seeds(scores: pd.DataFrame, metric: str, tasks: Sequence[str],
     return out
 
 
-def matrix(scores: pd.DataFrame, metric: str, tasks: Sequence[str], backend: str | None = None) -> pd.DataFrame:
-    """The model x task table of means over seeds (with the average column)."""
-    return matrix_over_seeds(scores, metric, tasks, backend)["mean"]
-
-
 def _cell(mean: float, low: float, high: float, n: int, digits: int = 3) -> str:
     """``mean [low, high]``; the value alone from one seed, nothing from none."""
     if math.isnan(mean):
