@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from otamerge.demo.build import build_base, build_expert
-from otamerge.demo.settings import expert_config, train_settings
+from otamerge.demo.settings import base_data, expert_config, train_settings
 from otamerge.seeds import config_seeds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def tiny_config() -> dict:
 
 def build_tiny(out: Path, cfg: dict) -> Path:
     demo = cfg["demo"]
-    common = {"seed": config_seeds(cfg)[0], "n_eval": demo["n_eval"], "threads": 1}
+    common = {"seed": config_seeds(cfg)[0], "n_eval": demo["n_eval"], "threads": 1, **base_data(demo)}
     build_base(out / "base", settings=train_settings(demo["base"]), arch=demo["arch"], **common)
     for name, spec in demo["experts"].items():
         build_expert(out / "base", out / "experts" / name, spec["task"],

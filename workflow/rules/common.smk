@@ -108,6 +108,11 @@ def expert_settings(wildcards):
     return expert_config(config["demo"], wildcards.expert)
 
 
+def base_data_settings(wildcards):
+    """How the base's data is drawn: an expert replays it."""
+    return {k: v for k, v in config["demo"]["base"].items() if k in ("data", "alternative")}
+
+
 def ffg_moments_kind(metric):
     return {"fisher": "full", "fisher_rank1": "rank1", "sparsegpt": "sparsegpt"}.get(metric)
 

@@ -39,6 +39,7 @@ if DEMO:
             torch_threads=config["demo"]["threads"],
             task=lambda wc: config["demo"]["experts"][wc.expert]["task"],
             settings=expert_settings,
+            base_data=base_data_settings,
         threads: config["demo"]["threads"]
         resources:
             mem_mb=scaled(2000, 0),
