@@ -22,8 +22,7 @@ import time
 import torch
 import yaml
 
-from otamerge.demo.build import build_base, build_expert
-from otamerge.demo.settings import base_data, expert_config, train_settings
+from otamerge.demo.build import build_family
 from otamerge.evaluation.builtin import evaluate, load_model
 
 DENSITIES = (0.05, 0.1, 0.2, 0.4)
@@ -97,15 +96,9 @@ def run(cfg: dict, seed: int, work: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     demo = cfg["demo"]
     t0 = time.time()
-    common = {"seed": seed, "n_eval": demo["n_eval"], "threads": threads}
-    build_base(f"{work}/base", settings=train_settings(demo["base"]), arch=demo.get("arch"),
-               **base_data(demo), **common)
-    t_base = time.time() - t0
+    build_family(work, demo, seed, threads)
+    t_train = time.time() - t0
     tasks = {e: s["task"] for e, s in demo["experts"].items()}
-    for e, task in tasks.items():
-        build_expert(f"{work}/base", f"{work}/experts/{e}", task, settings=train_settings(expert_config(demo, e)),
-                     **base_data(demo), **common)
-    t_experts = time.time() - t0 - t_base
     model, tok = load_model(f"{work}/base")
     all_tasks = sorted(set(tasks.values()))
 
@@ -151,7 +144,7 @@ def run(cfg: dict, seed: int, work: str, threads: int) -> dict:
         gains = [(s[t] - res["base"][t]) / max(1e-9, res["experts"][e][t] - res["base"][t]) for e, t in tasks.items()]
         res["retention"][name] = round(sum(gains) / len(gains), 3)
     res["own_gain"] = {e: round(res["experts"][e][t] - res["base"][t], 3) for e, t in tasks.items()}
-    res["time"] = {"base": round(t_base, 1), "experts": round(t_experts, 1), "total": round(time.time() - t0, 1)}
+    res["time"] = {"training": round(t_train, 1), "total": round(time.time() - t0, 1)}
     return res
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from otamerge.demo.build import build_base, build_expert
-from otamerge.demo.settings import base_data, expert_config, train_settings
+from otamerge.demo.build import build_family
 from otamerge.seeds import config_seeds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,13 +38,7 @@ def tiny_config() -> dict:
 
 
 def build_tiny(out: Path, cfg: dict) -> Path:
-    demo = cfg["demo"]
-    common = {"seed": config_seeds(cfg)[0], "n_eval": demo["n_eval"], "threads": 1, **base_data(demo)}
-    build_base(out / "base", settings=train_settings(demo["base"]), arch=demo["arch"], **common)
-    for name, spec in demo["experts"].items():
-        build_expert(out / "base", out / "experts" / name, spec["task"],
-                     settings=train_settings(expert_config(demo, name)), **common)
-    return out
+    return build_family(out, cfg["demo"], config_seeds(cfg)[0], threads=1)
 
 
 def pytest_collection_modifyitems(items: list) -> None:

@@ -15,19 +15,12 @@ from otamerge.errors import OtaMergeError
 
 
 def _cmd_demo_build(args: argparse.Namespace) -> None:
-    from otamerge.demo.build import build_base, build_expert
-    from otamerge.demo.settings import expert_config, train_settings
+    from otamerge.demo.build import build_family
     from otamerge.seeds import config_seeds
 
     with open(args.config) as fh:
         cfg = yaml.safe_load(fh)
-    demo, seed = cfg["demo"], config_seeds(cfg)[0] if args.seed is None else args.seed
-    out = Path(args.out)
-    common = {"seed": seed, "n_eval": demo["n_eval"], "threads": demo["threads"]}
-    build_base(out / "base", settings=train_settings(demo["base"]), arch=demo.get("arch"), **common)
-    for name in demo["experts"]:
-        build_expert(out / "base", out / "experts" / name, demo["experts"][name]["task"],
-                     settings=train_settings(expert_config(demo, name)), **common)
+    out = build_family(args.out, cfg["demo"], config_seeds(cfg)[0] if args.seed is None else args.seed)
     print(f"demo models written to {out}")
 
 

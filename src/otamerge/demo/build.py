@@ -79,3 +79,17 @@ def build_expert(base_dir: str | Path, out_dir: str | Path, task: str, seed: int
                                       "settings": asdict(settings)})
         save_moments(model, opt, tmp, settings)
     return Path(out_dir)
+
+
+def build_family(out_dir: str | Path, demo: dict, seed: int, threads: int | None = None) -> Path:
+    """The base and every expert of a config's ``demo`` section under ``out_dir``
+    (``base/``, ``experts/<name>/``), as the workflow's demo rules build them."""
+    from otamerge.demo.settings import base_data, expert_config, train_settings
+
+    out = Path(out_dir)
+    common = {"seed": seed, "n_eval": demo["n_eval"], "threads": threads or demo["threads"], **base_data(demo)}
+    build_base(out / "base", settings=train_settings(demo["base"]), arch=demo.get("arch"), **common)
+    for name, spec in demo["experts"].items():
+        build_expert(out / "base", out / "experts" / name, spec["task"],
+                     settings=train_settings(expert_config(demo, name)), **common)
+    return out
