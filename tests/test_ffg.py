@@ -114,6 +114,27 @@ def test_automatic_choice_is_the_smallest_density_keeping_the_score(fam, sweep, 
     assert ",auto,0.3," in (tmp_path / "c.csv").read_text()
 
 
+def test_automatic_choice_without_a_swept_density_keeping_the_score_is_the_whole_expert(fam, tmp_path):
+    """The sweep lacks density 1: the expert keeps every edit (no mask), and OTA of it
+    alone is the expert itself."""
+    ref = str(fam["expert0"])
+    sweep = ffg_sweep(fam["base"], ref, fam["expert0"] / MOMENTS, [0.1, 0.3], "fisher", tmp_path / "sw", QUIET)
+    (tmp_path / "scores.csv").write_text(
+        "expert,density,score\n" + "".join(f"{ref},{d},{s}\n" for d, s in [(0.1, 0.5), (0.3, 0.9), (1.0, 1.0)]))
+    (tmp_path / "t.yml").write_text(yaml.safe_dump({
+        "merge_method": "ota", "base_model": str(fam["base"]), "parameters": {"epsilon": "1e-26"},
+        "models": [{"model": ref, "parameters": {"preconditioner_path": str(fam["expert0"] / MOMENTS)}}]}))
+    assert main(["thresholds", str(tmp_path / "t.yml"), str(tmp_path / "m.yml"), "--expert",
+                 f"{ref}={sweep[0.3].parent}", "--scores", str(tmp_path / "scores.csv"),
+                 "--retention", "0.95", "--table", str(tmp_path / "c.csv")]) == 0
+    cfg = yaml.safe_load((tmp_path / "m.yml").read_text())
+    assert "precond_threshold" not in cfg["models"][0]["parameters"]
+    assert ",auto,1.0,," in (tmp_path / "c.csv").read_text() and "no FFG mask" in (tmp_path / "c.csv").read_text()
+    assert main(["merge", str(tmp_path / "m.yml"), str(tmp_path / "merged"), "--quiet"]) == 0
+    merged, expert = tensors(tmp_path / "merged"), tensors(fam["expert0"])
+    assert all(torch.equal(merged[n], expert[n]) for n in merged)
+
+
 @pytest.mark.parametrize("density", ["0", "1.5", "-0.1"])
 def test_density_outside_the_unit_interval_is_refused(fam, tmp_path, capsys, density):
     rc = main(["ffg", "--base", str(fam["base"]), "--expert", str(fam["expert0"]), "--moments",

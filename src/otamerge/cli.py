@@ -152,7 +152,8 @@ def _cmd_thresholds(args: argparse.Namespace) -> None:
         with atomic_file(args.table) as fh:
             pd.DataFrame(rows).to_csv(fh, index=False)
     for r in rows:
-        print(f"{r['expert']}: density {r['density']:g}, threshold {r['threshold']:.6g} ({r['reason']})")
+        thr = "none" if r["threshold"] is None else f"{r['threshold']:.6g}"
+        print(f"{r['expert']}: density {r['density']:g}, threshold {thr} ({r['reason']})")
 
 
 def _cmd_download(args: argparse.Namespace) -> None:

@@ -4,6 +4,8 @@ merge configuration.
 A density is either fixed per expert, or chosen automatically: the smallest swept
 density whose grafted model keeps at least ``retention`` (e.g. 0.95) of the expert's own
 score on its own task (the score at density 1, where the graft is the expert itself).
+Where no swept density keeps that much, the choice is density 1: the whole expert, with
+no FFG mask (threshold None).
 """
 
 from __future__ import annotations
@@ -42,20 +44,24 @@ def choose_density(expert: str, stats: dict[float, dict], fixed: float | None = 
             raise OtaMergeError(f"expert {expert}: automatic choice needs the score at density 1 (the expert)")
         full = scores[1.0]
         ok = [x for x in sorted(stats) if x in scores and scores[x] >= retention * full]
-        d = ok[0] if ok else 1.0
-        score = scores.get(d)
+        if not ok:
+            return {"expert": expert, "mode": "auto", "density": 1.0, "threshold": None, "achieved_density": 1.0,
+                    "metric": next(iter(stats.values()))["metric"], "score": full, "expert_score": full,
+                    "reason": f"no swept density keeps >= {retention:g} of the expert's own score "
+                              f"({full:.4g}): the whole expert, no FFG mask"}
+        d = ok[0]
+        score = scores[d]
         reason = (f"smallest density keeping >= {retention:g} of the expert's own score "
                   f"({score:.4g} vs {full:.4g})")
-        if d not in stats:
-            raise OtaMergeError(f"expert {expert}: density {d:g} chosen but not swept")
     s = stats[d]
     return {"expert": expert, "mode": "fixed" if fixed is not None else "auto", "density": d,
             "threshold": s["threshold"], "achieved_density": s["achieved_density"], "metric": s["metric"],
             "score": score, "expert_score": full, "reason": reason}
 
 
-def with_thresholds(template: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any]:
-    """A copy of a merge config with ``precond_threshold`` set on the named models."""
+def with_thresholds(template: dict[str, Any], thresholds: dict[str, float | None]) -> dict[str, Any]:
+    """A copy of a merge config with ``precond_threshold`` set on the named models (None:
+    that model keeps every edit, no mask)."""
     cfg = copy.deepcopy(template)
     refs = [m.get("model") if isinstance(m, dict) else m for m in cfg.get("models") or []]
     for ref in thresholds:
@@ -64,7 +70,7 @@ def with_thresholds(template: dict[str, Any], thresholds: dict[str, float]) -> d
     models = []
     for entry in cfg["models"]:
         entry = {"model": entry} if not isinstance(entry, dict) else entry
-        if entry["model"] in thresholds:
+        if thresholds.get(entry["model"]) is not None:
             entry.setdefault("parameters", {})["precond_threshold"] = float(thresholds[entry["model"]])
         models.append(entry)
     cfg["models"] = models

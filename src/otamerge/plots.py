@@ -272,8 +272,9 @@ def chosen_statistics(thresholds_csv: str | Path, merge: str, ffg_metric: str, s
     """expert -> statistics.json of its graft at the density ``merge`` chose at ``seed``.
     ``grafts`` maps graft model names (``ffg/<expert>/<metric>/<density>``) to their
     folders. The CSV's ``metric`` column is the saliency (``fisher`` for full and rank-1
-    moments alike), so the graft is named by the merge's FFG metric."""
+    moments alike), so the graft is named by the merge's FFG metric. An expert kept whole
+    (density 1: no swept density kept enough of its score) has no graft and is left out."""
     t = pd.read_csv(thresholds_csv)
-    t = t[(t["merge"] == merge) & (t["seed"] == seed)]
+    t = t[(t["merge"] == merge) & (t["seed"] == seed) & (t["density"] < 1)]
     return {r.expert: Path(grafts[graft_name(r.expert, ffg_metric, density_label(r.density))]) / STATISTICS
             for r in t.itertuples()}
