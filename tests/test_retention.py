@@ -8,24 +8,12 @@ import pytest
 
 from otamerge import layout
 from otamerge import retention as ret
-from otamerge.intervals import betainc, interval, t_quantile
+from otamerge.intervals import interval
 from otamerge.subsets import MergeInfo
 from otamerge.summary import write_retention
 
-T975_DF2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2)
-
-
-def test_t_quantiles_against_closed_forms_and_tables():
-    # df 2: t = (2p - 1) / sqrt(2 p (1 - p)); df 1 (Cauchy): t = tan(pi (p - 1/2))
-    assert t_quantile(0.975, 2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), rel=1e-13)
-    assert t_quantile(0.975, 2) == pytest.approx(T975_DF2, rel=1e-9)
-    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-12)
-    # printed tables (4 decimals)
-    for df, t in [(3, 3.1824), (4, 2.7764), (9, 2.2622), (29, 2.0452)]:
-        assert t_quantile(0.975, df) == pytest.approx(t, abs=5e-5)
-    assert betainc(1.0, 0.5, 0.3) == pytest.approx(1 - math.sqrt(0.7), rel=1e-13)  # I_x(1, 1/2) = 1 - sqrt(1 - x)
-    with pytest.raises(ValueError):
-        t_quantile(0.4, 3)
+# df 2 in closed form: t = (2p - 1) / sqrt(2 p (1 - p)) at p = 0.975
+T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
 
 
 def test_three_seeds_give_a_student_t_interval():
@@ -113,6 +101,25 @@ def test_mean_over_seeds_and_by_subset_size():
     # size 2 per seed: mean of the two pairs (0.3, 0.5), seed 2 undefined (one pair has no value)
     assert sizes.loc[2, ["mean", "low", "high", "n_seeds", "n_subsets"]].tolist() == pytest.approx([0.4, 0.3, 0.5, 2, 2])
     assert sizes.loc[3, "mean"] == pytest.approx(0.5) and sizes.loc[3, "interval"] == "t95"
+
+
+def test_each_step_of_the_ranking_is_a_paired_difference_over_seeds():
+    by_seed = pd.DataFrame([
+        {"merge": m, "method": m, "subset": "all", "subset_size": 3, "seed": seed, "backend": "builtin",
+         "metric": "exact_match", "retention": r}
+        for m, values in {"x": [0.9, 0.8, 0.85], "y": [0.5, 0.45, 0.4], "z": [0.6, 0.3, 0.35]}.items()
+        for seed, r in enumerate(values)])
+    steps = ret.ranking_steps(by_seed, ret.aggregate(by_seed))
+    assert list(steps.columns) == ret.STEPS
+    assert [tuple(r) for r in steps[["merge", "next_merge"]].values] == [("x", "y"), ("y", "z")]
+    # x - y per seed: 0.4, 0.35, 0.45 (mean 0.4, sd 0.05); y - z: -0.1, 0.15, 0.05 (mean 1/30)
+    half = T975_DF2 * 0.05 / math.sqrt(3)
+    assert steps.iloc[0][["mean", "low", "high"]].tolist() == pytest.approx([0.4, 0.4 - half, 0.4 + half], rel=1e-9)
+    assert steps.iloc[0].separated and steps.iloc[0].interval == "t95"
+    d = [-0.1, 0.15, 0.05]
+    sd = math.sqrt(sum((x - 1 / 30) ** 2 for x in d) / 2)
+    assert steps.iloc[1]["high"] == pytest.approx(1 / 30 + T975_DF2 * sd / math.sqrt(3), rel=1e-9)
+    assert not steps.iloc[1].separated
 
 
 def test_retention_files_lead_with_exact_match(tmp_path):

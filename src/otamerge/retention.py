@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from otamerge.intervals import Interval, interval
+from otamerge.intervals import T95, Interval, interval
 from otamerge.layout import merge_name
 from otamerge.subsets import ALL, MergeInfo
 
@@ -104,3 +104,24 @@ def by_size(by_seed: pd.DataFrame) -> pd.DataFrame:
 
 def merges_of_all(table: pd.DataFrame) -> pd.DataFrame:
     return table[table.subset == ALL]
+
+
+STEPS = ["backend", "metric", "merge", "next_merge", "mean", "low", "high", "n_seeds", "interval", "separated"]
+
+
+def ranking_steps(by_seed: pd.DataFrame, agg: pd.DataFrame) -> pd.DataFrame:
+    """Each step of the ranking of the merges of all experts (best first by mean): the
+    difference in retention between a merge and the next one, paired by seed (both are
+    measured against that seed's base and experts), with its interval over seeds.
+    ``separated``: a Student t interval that excludes 0."""
+    rows = []
+    for (backend, metric), g in merges_of_all(agg).groupby(["backend", "metric"], sort=False):
+        order = list(g.sort_values("mean", ascending=False)["merge"])
+        sel = by_seed[(by_seed.backend == backend) & (by_seed.metric == metric)]
+        wide = sel.pivot_table(index="seed", columns="merge", values="retention", dropna=False)
+        for a, b in zip(order, order[1:]):
+            iv = interval(wide[a] - wide[b])
+            rows.append({"backend": backend, "metric": metric, "merge": a, "next_merge": b, "mean": iv.mean,
+                         "low": iv.low, "high": iv.high, "n_seeds": iv.n, "interval": iv.kind,
+                         "separated": iv.kind == T95 and (iv.low > 0 or iv.high < 0)})
+    return pd.DataFrame(rows, columns=STEPS)

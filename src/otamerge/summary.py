@@ -195,9 +195,11 @@ def _retention_rows(table: pd.DataFrame, label: str) -> pd.DataFrame:
                          "interval": [describe(k) for k in table.interval]})
 
 
-def retention_markdown(agg: pd.DataFrame, sizes: pd.DataFrame, n_seeds: int) -> str:
+def retention_markdown(agg: pd.DataFrame, sizes: pd.DataFrame, n_seeds: int,
+                       steps: pd.DataFrame | None = None) -> str:
     """Per backend and metric (builtin exact match first): merges of all experts, best
-    first; mean retention per method and subset size; every subset merge."""
+    first, and whether each step of that ranking is separated; mean retention per method
+    and subset size; every subset merge."""
     if agg.empty:
         return ("# Gain retention\n\nNo backend scores the base on every expert's own task, so no retention "
                 "(set each expert's task).\n")
@@ -211,6 +213,15 @@ def retention_markdown(agg: pd.DataFrame, sizes: pd.DataFrame, n_seeds: int) -> 
         whole = ret.merges_of_all(g).sort_values("mean", ascending=False, na_position="last")
         md += [f"## {metric} ({backend}): merges of all experts", "",
                _retention_rows(whole, "merge").to_markdown(index=False, disable_numparse=True), ""]
+        st = steps[(steps.backend == backend) & (steps.metric == metric)] if steps is not None else []
+        if len(st) and n_seeds > 1:
+            cells = [_cell(*v) for v in zip(st["mean"], st.low, st.high, st.n_seeds)]
+            table = pd.DataFrame({"merge": st["merge"], "next in the ranking": st.next_merge,
+                                  "difference (paired by seed)": cells,
+                                  "separated": ["yes" if x else "no" for x in st.separated]})
+            md += ["Each step of the ranking: retention of a merge minus the next one's, paired by seed; "
+                   f"separated where the {describe(T95)} excludes 0.", "",
+                   table.to_markdown(index=False, disable_numparse=True), ""]
         subsets = g[g.subset != ALL]
         if subsets.empty:
             continue
@@ -238,7 +249,7 @@ def write_retention(score_files: Iterable[str | Path], merges: Mapping[str, Mapp
     for frame, path in ((by_seed, by_seed_csv), (agg, csv), (sizes, by_size_csv)):
         with atomic_file(path) as fh:
             frame.to_csv(fh, index=False, float_format="%.6g")
-    md = retention_markdown(agg, sizes, scores.seed.nunique())
+    md = retention_markdown(agg, sizes, scores.seed.nunique(), ret.ranking_steps(by_seed, agg))
     with atomic_file(table) as fh:
         fh.write(md)
     print(md)
