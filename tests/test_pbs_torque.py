@@ -18,7 +18,7 @@ from datetime import datetime
 import pytest
 
 from conftest import REPO, tiny_config
-from workflow_utils import snakemake
+from workflow_utils import slurm_required, slurm_up, snakemake
 
 PBS = REPO / "profiles/pbs"
 
@@ -30,12 +30,11 @@ def _torque_client_up() -> bool:
     with open(qsub, errors="replace") as fh:
         if "sbatch" not in fh.read():  # slurm-wlm-torque's qsub is a Perl front end to sbatch
             return False
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    return res.returncode == 0 and bool(re.search(r"idle|mixed|alloc", res.stdout))
+    return slurm_up()
 
 
 pytestmark = pytest.mark.skipif(
-    not _torque_client_up() and os.environ.get("OTAMERGE_REQUIRE_SLURM") != "1",
+    not _torque_client_up() and not slurm_required(),
     reason="no slurm-wlm-torque over a running SLURM here (run .ci/slurm-up.sh as root)")
 
 

@@ -3,26 +3,17 @@
 Skipped where no SLURM answers, unless OTAMERGE_REQUIRE_SLURM=1 (CI) makes that a failure.
 """
 
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from conftest import REPO, tiny_config
-from workflow_utils import snakemake
-
-
-def _slurm_up() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    return res.returncode == 0 and bool(re.search(r"idle|mixed|alloc", res.stdout))
+from workflow_utils import slurm_required, slurm_up, snakemake
 
 
 pytestmark = pytest.mark.skipif(
-    not _slurm_up() and os.environ.get("OTAMERGE_REQUIRE_SLURM") != "1",
+    not slurm_up() and not slurm_required(),
     reason="no SLURM here (run .ci/slurm-up.sh as root)")
 
 
@@ -40,7 +31,7 @@ def _jobs_of(workdir) -> dict[str, dict[str, str]]:
 
 @pytest.mark.long
 def test_slurm_profile_runs_jobs_with_their_resources_on_a_real_slurm(tmp_path):
-    assert _slurm_up(), "OTAMERGE_REQUIRE_SLURM=1 but sinfo shows no usable node"
+    assert slurm_up(), "OTAMERGE_REQUIRE_SLURM=1 but sinfo shows no usable node"
     cfg = tiny_config()
     cfg["demo"]["threads"] = 1
     cfg["resources"] = {"model_params_b": 2.0, "gpu": 1}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +57,16 @@ def most_threads_at_once(printout: str) -> int:
             running.pop(m[1], None)
         most = max(most, sum(running.values()))
     return most
+
+
+def slurm_up() -> bool:
+    """A SLURM here with a node ready to take jobs (.ci/slurm-up.sh starts one)."""
+    if shutil.which("sinfo") is None:
+        return False
+    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return res.returncode == 0 and bool(re.search(r"idle|mixed|alloc", res.stdout))
+
+
+def slurm_required() -> bool:
+    """CI sets OTAMERGE_REQUIRE_SLURM=1 so that the SLURM tests run there instead of skipping."""
+    return os.environ.get("OTAMERGE_REQUIRE_SLURM") == "1"
