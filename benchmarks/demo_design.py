@@ -22,11 +22,12 @@ import time
 import torch
 import yaml
 
+from safetensors.torch import load_file
+
 from otamerge.demo.build import build_family
+from otamerge.demo.train import MOMENTS_FILE
+from otamerge.retention import gain_ratio
 from otamerge.evaluation.builtin import evaluate, load_model
-
-DENSITIES = (0.05, 0.1, 0.2, 0.4)
-
 
 def _set(cfg: dict, assignment: str) -> None:
     key, value = assignment.split("=", 1)
@@ -42,8 +43,7 @@ def _state(model) -> dict[str, torch.Tensor]:
 
 
 def _load_moments(expert_dir) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-    return load_file(f"{expert_dir}/export/exp_avg_sq.safetensors")
+    return load_file(f"{expert_dir}/{MOMENTS_FILE}")
 
 
 def _threshold(sal: dict[str, torch.Tensor], density: float) -> float:
@@ -111,7 +111,7 @@ def run(cfg: dict, seed: int, work: str, threads: int) -> dict:
     experts = {e: _state(load_model(f"{work}/experts/{e}")[0]) for e in tasks}
     moments = {e: _load_moments(f"{work}/experts/{e}") for e in tasks}
     res = {"base": score(base), "experts": {}, "ffg": {}, "magnitude": {}}
-    base_tok = score(base, "token_accuracy")
+    densities, keep = sorted(cfg["ffg"]["densities"]), cfg["thresholds"].get("retention", 0.95)
     thresholds, sal = {}, {}
     for e, task in tasks.items():
         res["experts"][e] = score(experts[e])
@@ -119,7 +119,7 @@ def run(cfg: dict, seed: int, work: str, threads: int) -> dict:
         sal[e] = {k: moments[e][k] * (experts[e][k] - base[k]).square() for k in moments[e]}
         mag = {k: (experts[e][k] - base[k]).abs() for k in moments[e]}
         chosen = None
-        for d in DENSITIES:
+        for d in densities:
             thr = _threshold(sal[e], d)
             graft = {k: torch.where(sal[e][k] >= thr, experts[e][k], base[k]) if k in sal[e] else base[k]
                      for k in base}
@@ -130,18 +130,16 @@ def run(cfg: dict, seed: int, work: str, threads: int) -> dict:
             mthr = _threshold(mag, d)
             mgraft = {k: torch.where(mag[k] >= mthr, experts[e][k], base[k]) if k in mag else base[k] for k in base}
             res["magnitude"].setdefault(e, {})[d] = score(mgraft)[task]
-            if chosen is None and sc["token_accuracy"] >= 0.95 * own_tok:
+            if chosen is None and sc["token_accuracy"] >= keep * own_tok:
                 chosen, thresholds[e] = d, thr
-        if chosen is None:
-            thresholds[e] = _threshold(sal[e], DENSITIES[-1])
-            chosen = DENSITIES[-1]
+        if chosen is None:  # as the workflow does: the whole expert, no mask
+            chosen, thresholds[e] = 1.0, 0.0
         res.setdefault("chosen", {})[e] = chosen
-    del base_tok
     res["merges"], res["retention"] = {}, {}
     for name, state in merges(base, experts, moments, thresholds, sal).items():
         s = score(state)
         res["merges"][name] = s
-        gains = [(s[t] - res["base"][t]) / max(1e-9, res["experts"][e][t] - res["base"][t]) for e, t in tasks.items()]
+        gains = [gain_ratio(s[t], res["base"][t], res["experts"][e][t]) for e, t in tasks.items()]
         res["retention"][name] = round(sum(gains) / len(gains), 3)
     res["own_gain"] = {e: round(res["experts"][e][t] - res["base"][t], 3) for e, t in tasks.items()}
     res["time"] = {"training": round(t_train, 1), "total": round(time.time() - t0, 1)}

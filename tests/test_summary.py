@@ -103,6 +103,14 @@ def test_chosen_statistics_come_from_the_given_graft_folders(two_seeds, tmp_path
     assert got == {"add": tmp_path / "elsewhere/0.5/statistics.json"}
 
 
+def test_experts_merged_whole_have_no_graft_and_the_graft_plots_say_so(tmp_path):
+    (tmp_path / "t.csv").write_text("expert,density,merge,seed\nadd,1.0,m,0\n")
+    assert plots.chosen_statistics(tmp_path / "t.csv", "m", "fisher", 0, {}) == {}
+    for draw in (plots.localization, plots.mask_rank):
+        draw({}, tmp_path / f"{draw.__name__}.png")
+        assert (tmp_path / f"{draw.__name__}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("with_subsets", [False, True])
 def test_methods_plot_leads_with_retention(tmp_path, with_subsets):
     retention = pd.DataFrame([

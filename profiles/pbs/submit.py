@@ -31,10 +31,11 @@ import sys
 import time
 import uuid
 
+# status.py, beside this script, owns where job records live and how long a state may be unknown
+from status import DEFAULT_STATE_TIMEOUT, JOBS_DIR, record_path
+
 DIALECTS = ("pro", "torque")
 TORQUE_GPUS = ("gpus", "naccelerators")
-DEFAULT_STATE_TIMEOUT = 180
-JOBS_DIR = "logs/pbs/jobs"
 # queue and account names: some qsub front ends (slurm-wlm-torque's among them) pass their
 # arguments on through a shell, so only characters no shell interprets are accepted
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.@+-]+")
@@ -135,11 +136,6 @@ def wrapper_text(jobscript: str, exit_record: str) -> str:
             "status=$?\n"
             f"echo \"$status\" > {rec}.tmp && mv {rec}.tmp {rec}\n"
             "exit \"$status\"\n")
-
-
-def record_path(job_id: str) -> str:
-    """Where the job's record lives (status.py computes the same name)."""
-    return os.path.join(JOBS_DIR, "id-" + re.sub(r"[^A-Za-z0-9_.-]", "_", job_id).lstrip(".") + ".json")
 
 
 def submit(jobscript: str) -> str:

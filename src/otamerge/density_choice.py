@@ -16,7 +16,8 @@ from typing import Any
 
 from otamerge.errors import OtaMergeError
 from otamerge.densities import check_density
-from otamerge.ffg import STATISTICS, read_statistics
+from otamerge.ffg import read_statistics
+from otamerge.layout import STATISTICS
 
 
 def sweep_statistics(sweep_dir: str | Path) -> dict[float, dict]:

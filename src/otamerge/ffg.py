@@ -29,6 +29,7 @@ from otamerge.densities import check_density, density_label
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.hessians import KIND, check_importance_kind
+from otamerge.layout import STATISTICS
 from otamerge.lora import check_full_moments, is_adapter, open_model
 from otamerge.moments import Moments
 from otamerge.threshold import exact_thresholds, keep_count
@@ -37,7 +38,6 @@ from otamerge.writer import ShardedWriter, TensorPlan
 
 METRICS = ("fisher", "magnitude", "sparsegpt")
 IMPORTANCE_FILE = {"fisher": "moments file", "sparsegpt": "OBS importance file (otamerge importance)"}
-STATISTICS = "statistics.json"
 
 
 def saliency(metric: str, expert: torch.Tensor, base: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:

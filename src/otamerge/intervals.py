@@ -5,6 +5,7 @@ seeds on, the range (min to max) below that, where a t interval on one degree of
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Iterable
@@ -15,6 +16,7 @@ NONE = "none"  # no finite value
 MIN_SEEDS_FOR_T = 3
 
 
+@functools.lru_cache(maxsize=None)
 def t_quantile(p: float, df: int) -> float:
     """The p quantile of Student's t with ``df`` degrees of freedom."""
     from scipy.stats import t  # only the summary needs it

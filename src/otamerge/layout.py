@@ -24,6 +24,7 @@ PLOTS = f"{RESULTS}/plots"
 LOGS = "logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 PRECONDITIONER = "preconditioner.safetensors"  # inside a downloaded expert's folder
+STATISTICS = "statistics.json"  # written by each FFG graft
 
 _SEED_ROOT = re.compile(rf"(?:^|/){RESULTS}/seed(\d+)/")
 
@@ -79,6 +80,11 @@ def demo_text(outdir: str, seed: Seed, name: str) -> str:
 def model_dir(seed: Seed, name: str) -> str:
     """A model as the download stage left it (weights, tokenizer, preconditioner)."""
     return f"{root(seed)}/models/{name}"
+
+
+def graft_statistics(graft_folder: str | Path) -> Path:
+    """The statistics.json an FFG graft folder holds."""
+    return Path(graft_folder) / STATISTICS
 
 
 def preconditioner(model_folder: str | Path) -> str:

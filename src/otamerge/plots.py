@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from otamerge.densities import density_label  # noqa: E402
-from otamerge.ffg import STATISTICS  # noqa: E402
-from otamerge.layout import graft_name  # noqa: E402
+from otamerge.intervals import NONE, describe  # noqa: E402
+from otamerge.layout import graft_name, graft_statistics  # noqa: E402
 from otamerge.subsets import ALL  # noqa: E402
 
 ROLES = ["q", "k", "v", "o", "gate", "up", "down", "norms", "embed", "lm_head"]
@@ -82,8 +82,8 @@ def _error_bars(t: pd.DataFrame) -> np.ndarray:
 
 
 def _interval_label(t: pd.DataFrame) -> str:
-    kinds = sorted(set(t.interval) - {"none"})
-    return ", ".join({"t95": "95% CI", "min-max": "min-max"}.get(k, k) for k in kinds) or "no interval"
+    kinds = sorted(set(t.interval) - {NONE})
+    return ", ".join(describe(k) for k in kinds) or "no interval"
 
 
 def _retention_panel(ax, t: pd.DataFrame, metric: str, backend: str) -> None:
@@ -181,8 +181,18 @@ def _layer_order(layers) -> list[str]:
     return sorted({x for x in layers if x != "other"}, key=int) + (["other"] if "other" in set(layers) else [])
 
 
+def _no_grafts(out: str | Path) -> None:
+    """The figure where every expert was merged whole (no swept density kept enough)."""
+    fig, ax = plt.subplots(figsize=(5, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, "every expert merged whole (no FFG mask)", ha="center", va="center")
+    _save(fig, out)
+
+
 def localization(stat_files: dict[str, str | Path], out: str | Path) -> None:
     """Kept fraction per layer x role, one heatmap per expert (at its chosen density)."""
+    if not stat_files:
+        return _no_grafts(out)
     fig, axes = _grid(len(stat_files), width=4.4, height=0.5 + 0.45 * 6)
     for ax, (expert, f) in zip(axes, stat_files.items()):
         stats = json.loads(Path(f).read_text())
@@ -202,6 +212,8 @@ def localization(stat_files: dict[str, str | Path], out: str | Path) -> None:
 def mask_rank(stat_files: dict[str, str | Path], out: str | Path) -> None:
     """Share of rows and of columns holding any kept entry, per role (mean over layers):
     a cheap upper bound on the rank of the kept edits."""
+    if not stat_files:
+        return _no_grafts(out)
     frames = [_tensor_table(json.loads(Path(f).read_text())).assign(expert=e) for e, f in stat_files.items()]
     t = pd.concat(frames)
     t = t[t.rows.notna()]
@@ -276,5 +288,5 @@ def chosen_statistics(thresholds_csv: str | Path, merge: str, ffg_metric: str, s
     (density 1: no swept density kept enough of its score) has no graft and is left out."""
     t = pd.read_csv(thresholds_csv)
     t = t[(t["merge"] == merge) & (t["seed"] == seed) & (t["density"] < 1)]
-    return {r.expert: Path(grafts[graft_name(r.expert, ffg_metric, density_label(r.density))]) / STATISTICS
+    return {r.expert: graft_statistics(grafts[graft_name(r.expert, ffg_metric, density_label(r.density))])
             for r in t.itertuples()}

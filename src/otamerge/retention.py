@@ -121,7 +121,6 @@ def ranking_steps(by_seed: pd.DataFrame, agg: pd.DataFrame) -> pd.DataFrame:
         wide = sel.pivot_table(index="seed", columns="merge", values="retention", dropna=False)
         for a, b in zip(order, order[1:]):
             iv = interval(wide[a] - wide[b])
-            rows.append({"backend": backend, "metric": metric, "merge": a, "next_merge": b, "mean": iv.mean,
-                         "low": iv.low, "high": iv.high, "n_seeds": iv.n, "interval": iv.kind,
-                         "separated": iv.kind == T95 and (iv.low > 0 or iv.high < 0)})
+            row = {"backend": backend, "metric": metric, "merge": a, "next_merge": b}
+            rows.append({**_with_interval(row, iv), "separated": iv.kind == T95 and (iv.low > 0 or iv.high < 0)})
     return pd.DataFrame(rows, columns=STEPS)

@@ -79,6 +79,11 @@ def _cell(mean: float, low: float, high: float, n: int, digits: int = 3) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _cells(t: pd.DataFrame) -> list[str]:
+    """``_cell`` of each row of a table with mean, low, high and n_seeds columns."""
+    return [_cell(*v) for v in zip(t["mean"], t.low, t.high, t.n_seeds)]
+
+
 def _interval_note(n_seeds: int) -> str:
     return (f"Mean over {n_seeds} seeds [interval: {describe(T95)} where a value has {MIN_SEEDS_FOR_T} or more "
             f"seeds, else {describe(MIN_MAX)}].")
@@ -186,17 +191,16 @@ def merge_infos(merges: Mapping[str, Mapping]) -> dict[str, MergeInfo]:
     return {name: MergeInfo(name, m["method"], m["subset"], tuple(m["experts"])) for name, m in merges.items()}
 
 
-def _retention_rows(table: pd.DataFrame, label: str) -> pd.DataFrame:
-    """Markdown view of AGGREGATE rows: the merge (or subset), retention with its interval."""
-    return pd.DataFrame({label: table[label].values,
+def _retention_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Markdown view of AGGREGATE rows: the merge, retention with its interval."""
+    return pd.DataFrame({"merge": table["merge"].values,
                          "experts": table.subset_size.values,
-                         "retention": [_cell(*v) for v in zip(table["mean"], table.low, table.high, table.n_seeds)],
+                         "retention": _cells(table),
                          "seeds": table.n_seeds.values,
                          "interval": [describe(k) for k in table.interval]})
 
 
-def retention_markdown(agg: pd.DataFrame, sizes: pd.DataFrame, n_seeds: int,
-                       steps: pd.DataFrame | None = None) -> str:
+def retention_markdown(agg: pd.DataFrame, sizes: pd.DataFrame, n_seeds: int, steps: pd.DataFrame) -> str:
     """Per backend and metric (builtin exact match first): merges of all experts, best
     first, and whether each step of that ranking is separated; mean retention per method
     and subset size; every subset merge."""
@@ -212,12 +216,11 @@ def retention_markdown(agg: pd.DataFrame, sizes: pd.DataFrame, n_seeds: int,
     for (backend, metric), g in agg.groupby(["backend", "metric"], sort=False):
         whole = ret.merges_of_all(g).sort_values("mean", ascending=False, na_position="last")
         md += [f"## {metric} ({backend}): merges of all experts", "",
-               _retention_rows(whole, "merge").to_markdown(index=False, disable_numparse=True), ""]
-        st = steps[(steps.backend == backend) & (steps.metric == metric)] if steps is not None else []
+               _retention_rows(whole).to_markdown(index=False, disable_numparse=True), ""]
+        st = steps[(steps.backend == backend) & (steps.metric == metric)]
         if len(st) and n_seeds > 1:
-            cells = [_cell(*v) for v in zip(st["mean"], st.low, st.high, st.n_seeds)]
             table = pd.DataFrame({"merge": st["merge"], "next in the ranking": st.next_merge,
-                                  "difference (paired by seed)": cells,
+                                  "difference (paired by seed)": _cells(st),
                                   "separated": ["yes" if x else "no" for x in st.separated]})
             md += ["Each step of the ranking: retention of a merge minus the next one's, paired by seed; "
                    f"separated where the {describe(T95)} excludes 0.", "",
@@ -226,14 +229,14 @@ def retention_markdown(agg: pd.DataFrame, sizes: pd.DataFrame, n_seeds: int,
         if subsets.empty:
             continue
         s = sizes[(sizes.backend == backend) & (sizes.metric == metric)]
-        wide = s.assign(cell=[_cell(*v) for v in zip(s["mean"], s.low, s.high, s.n_seeds)]).pivot(
+        wide = s.assign(cell=_cells(s)).pivot(
             index="method", columns="subset_size", values="cell").reindex(index=list(dict.fromkeys(s.method)))
         wide.columns = [f"{c} experts" for c in wide.columns]
         md += [f"## {metric} ({backend}): mean retention by subset size", "",
                "Per seed the mean over the subsets of a size, then over seeds.", "",
                wide.fillna("").to_markdown(disable_numparse=True), "",
                f"## {metric} ({backend}): subsets", "",
-               _retention_rows(subsets, "merge").to_markdown(index=False, disable_numparse=True), ""]
+               _retention_rows(subsets).to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(md)
 
 

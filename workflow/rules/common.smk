@@ -5,7 +5,7 @@ import re
 from snakemake.utils import validate
 
 from otamerge import layout
-from otamerge.demo.settings import expert_config
+from otamerge.demo.settings import base_data, expert_config
 from otamerge.densities import density_label
 from otamerge.merge_specs import moments_kind as merge_moments_kind
 from otamerge.seeds import config_seeds
@@ -106,11 +106,6 @@ def model_input(wildcards):
 def expert_settings(wildcards):
     """Only what this expert depends on, so editing one expert reruns only its job."""
     return expert_config(config["demo"], wildcards.expert)
-
-
-def base_data_settings(wildcards):
-    """How the base's data is drawn: an expert replays it."""
-    return {k: v for k, v in config["demo"]["base"].items() if k in ("data", "alternative")}
 
 
 def ffg_moments_kind(metric):

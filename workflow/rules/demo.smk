@@ -14,6 +14,7 @@ if DEMO:
             torch_threads=config["demo"]["threads"],
             arch=config["demo"].get("arch", {}),
             settings=config["demo"]["base"],
+            base_data=base_data(config["demo"]),
         threads: config["demo"]["threads"]
         resources:
             mem_mb=scaled(2000, 0),
@@ -39,7 +40,7 @@ if DEMO:
             torch_threads=config["demo"]["threads"],
             task=lambda wc: config["demo"]["experts"][wc.expert]["task"],
             settings=expert_settings,
-            base_data=base_data_settings,
+            base_data=base_data(config["demo"]),
         threads: config["demo"]["threads"]
         resources:
             mem_mb=scaled(2000, 0),

@@ -1,12 +1,10 @@
-from pathlib import Path
-
 import pandas as pd
 import yaml
 
 from otamerge.atomic import atomic_file
 from otamerge.density_choice import choose_density, with_thresholds
-from otamerge.ffg import STATISTICS, read_statistics
-from otamerge.layout import graft_name
+from otamerge.ffg import read_statistics
+from otamerge.layout import graft_name, graft_statistics
 from otamerge.logs import to_file
 from otamerge.merge_specs import merge_template, own_task_scores
 
@@ -24,7 +22,7 @@ with to_file(snakemake.log[0]):
         # each input sweep folder is the sweep point (expert, density) of the same place in points
         stats = {}
         for (e, d), folder in zip(t["points"], inp.sweeps):
-            stats.setdefault(e, {})[float(d)] = read_statistics(Path(folder) / STATISTICS)
+            stats.setdefault(e, {})[float(d)] = read_statistics(graft_statistics(folder))
         names = {graft_name(e, metric, d): (e, float(d)) for e, d in t["points"]}
         names.update({e: (e, 1.0) for e in experts})
         scores = own_task_scores(inp.get("scores", []), names, t["tasks"], t["score"])

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from otamerge.atomic import atomic_dir, write_json
 from otamerge.demo.model import make_config, new_model
-from otamerge.demo.settings import TrainSettings
+from otamerge.demo.settings import TrainSettings, base_data, expert_config, train_settings
 from otamerge.demo.tasks import TASKS, get_task
 from otamerge.demo.tokenizer import build_tokenizer
 from otamerge.demo.train import (
@@ -84,8 +84,6 @@ def build_expert(base_dir: str | Path, out_dir: str | Path, task: str, seed: int
 def build_family(out_dir: str | Path, demo: dict, seed: int, threads: int | None = None) -> Path:
     """The base and every expert of a config's ``demo`` section under ``out_dir``
     (``base/``, ``experts/<name>/``), as the workflow's demo rules build them."""
-    from otamerge.demo.settings import base_data, expert_config, train_settings
-
     out = Path(out_dir)
     common = {"seed": seed, "n_eval": demo["n_eval"], "threads": threads or demo["threads"], **base_data(demo)}
     build_base(out / "base", settings=train_settings(demo["base"]), arch=demo.get("arch"), **common)
