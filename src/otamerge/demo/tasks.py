@@ -68,9 +68,7 @@ def _sort(rng: random.Random, lengths: tuple[int, ...] = WORD_LENGTHS) -> Exampl
 
 def _shift(rng: random.Random, lengths: tuple[int, ...] = WORD_LENGTHS) -> Example:
     w = _word(rng, SHIFT_CHARS, rng.choice(lengths))
-    n = len(SHIFT_CHARS)
-    shifted = "".join(SHIFT_CHARS[(SHIFT_CHARS.index(c) + 1) % n] for c in w)
-    return f">{w}=", shifted
+    return f">{w}=", _shift_by(w, 1)
 
 
 def _no_carry(prompt: str, answer: str) -> str:
