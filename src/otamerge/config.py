@@ -177,14 +177,19 @@ def parse_config(raw: dict[str, Any]) -> MergeConfig:
     )
 
 
-def load_config(path: str | Path) -> MergeConfig:
+def read_config(path: str | Path) -> Any:
+    """A merge config file's YAML, unparsed."""
     try:
         with open(path) as fh:
-            raw = yaml.safe_load(fh)
+            return yaml.safe_load(fh)
     except OSError as exc:
         raise OtaMergeError(f"cannot read merge config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise OtaMergeError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+
+
+def load_config(path: str | Path) -> MergeConfig:
+    raw = read_config(path)
     try:
         return parse_config(raw)
     except OtaMergeError as exc:

@@ -120,28 +120,40 @@ def ffg_sweep(base_dir: str | Path, expert_dir: str | Path, moments_path: str | 
     """Graft the expert at each density into ``out_dir/<density>/`` (model folder with
     statistics.json); returns density -> folder."""
     densities = sorted({check_density(d) for d in densities})
-    base_dir, expert_dir, out_dir = Path(base_dir), Path(expert_dir), Path(out_dir)
+    return ffg_graft(base_dir, expert_dir, moments_path,
+                     {d: Path(out_dir) / density_label(d) for d in densities}, metric, opts)
+
+
+def ffg_graft(base_dir: str | Path, expert_dir: str | Path, moments_path: str | Path | None,
+              folders: dict[float, Path], metric: str, opts: FfgOptions = FfgOptions()) -> dict[float, Path]:
+    """Graft the expert at each density into its own folder (model + statistics.json)."""
+    folders = {check_density(d): Path(f) for d, f in sorted(folders.items())}
+    if not folders:
+        raise OtaMergeError(f"FFG of {expert_dir}: no density to graft at")
+    densities = list(folders)
+    base_dir, expert_dir = Path(base_dir), Path(expert_dir)
     inp = _open(base_dir, expert_dir, Path(moments_path) if moments_path else None, metric, opts.device)
     try:
         model_bytes = sum(TensorPlan(n, inp.base.shape(n), inp.expert.dtype(n)).nbytes for n in inp.base.names())
-        check_space(len(densities) * model_bytes, out_dir, f"FFG of {expert_dir} at {len(densities)} densities")
+        check_space(len(densities) * model_bytes, folders[densities[0]].parent,
+                    f"FFG of {expert_dir} at {len(densities)} densities")
 
         def sal():
             return (s for *_, s in _chunks(inp, metric, opts, "FFG thresholds"))
 
         thresholds, total = exact_thresholds(sal, densities)
-        return _graft(inp, densities, thresholds, total, metric, out_dir, opts, base_dir, expert_dir)
+        return _graft(inp, folders, thresholds, total, metric, opts, base_dir, expert_dir)
     finally:
         for c in (inp.base, inp.expert, inp.moments):
             if c is not None:
                 c.close()
 
 
-def _graft(inp: _Inputs, densities: list[float], thresholds: list[float], total: int, metric: str,
-           out_dir: Path, opts: FfgOptions, base_dir: Path, expert_dir: Path) -> dict[float, Path]:
+def _graft(inp: _Inputs, folders: dict[float, Path], thresholds: list[float], total: int, metric: str,
+           opts: FfgOptions, base_dir: Path, expert_dir: Path) -> dict[float, Path]:
+    densities = list(folders)
     plans = [TensorPlan(n, inp.base.shape(n), inp.expert.dtype(n)) for n in inp.base.names()]
     stats = {d: {n: _TensorStats(_numel(inp.base.shape(n))) for n in inp.names} for d in densities}
-    folders = {d: out_dir / density_label(d) for d in densities}
     with ExitStack() as stack:
         tmp = {d: stack.enter_context(atomic_dir(folders[d])) for d in densities}
         writers = {d: ShardedWriter(tmp[d], plans, opts.out_shard_bytes) for d in densities}
