@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 from checkpoints import make_family
 from otamerge.cli import main
 from otamerge.errors import OtaMergeError
-from otamerge.moments import Moments, compress, optimizer_moments, parameter_names
+from otamerge.moments import (BIAS_KEY, OPTIMIZER_KEY, Moments, compress, correct_bias, optimizer_moments,
+                              parameter_names)
 
 
 def _direct_rank1(v):
@@ -105,3 +106,40 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(OtaMergeError, match="not a loadable optimizer state with weights_only=True"):
         optimizer_moments(tmp_path / "evil.pt", ["w"])
     assert not (tmp_path / "EVIL_RAN").exists()
+
+
+def _adam_file(path, meta=None):
+    g = torch.Generator().manual_seed(3)
+    v = {"w.weight": torch.rand(9, 4, generator=g) ** 6, "w.bias.exp_avg_sq": torch.rand(4, generator=g)}
+    save_file(v, str(path), metadata=meta)
+    return v
+
+
+def test_bias_correction_divides_by_one_minus_beta2_to_the_step(tmp_path):
+    meta = {OPTIMIZER_KEY: json.dumps({"step": 300, "betas": [0.9, 0.999]})}
+    v = _adam_file(tmp_path / "m.safetensors", meta)
+    applied = correct_bias(Moments(tmp_path / "m.safetensors", "m"), tmp_path / "c.safetensors",
+                           chunk_bytes=16, progress=False)
+    factor = 1 - 0.999 ** 300  # 0.2593...
+    assert applied["factor"] == pytest.approx(factor, rel=1e-15) and applied["step"] == 300
+    out = load_file(str(tmp_path / "c.safetensors"))
+    assert sorted(out) == ["w.bias", "w.weight"]
+    for name, raw in (("w.weight", v["w.weight"]), ("w.bias", v["w.bias.exp_avg_sq"])):
+        expected = (raw.double() / factor).float()
+        assert torch.equal(out[name], expected) or (out[name] - expected).abs().max() <= expected.abs().max() * 2 ** -23
+    with open(tmp_path / "c.safetensors", "rb") as fh:
+        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))["__metadata__"]
+    assert json.loads(header[BIAS_KEY])["beta2"] == 0.999 and OPTIMIZER_KEY in header
+
+
+def test_bias_correction_takes_step_and_beta2_from_config_when_the_file_has_none(tmp_path):
+    _adam_file(tmp_path / "m.safetensors")
+    with pytest.raises(OtaMergeError, match="needs Adam's step count and beta2"):
+        correct_bias(Moments(tmp_path / "m.safetensors", "m"), tmp_path / "c.safetensors", progress=False)
+    assert not (tmp_path / "c.safetensors").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    applied = correct_bias(Moments(tmp_path / "m.safetensors", "m"), tmp_path / "c.safetensors", step=1, beta2=0.5,
+                           progress=False)
+    assert applied["factor"] == 0.5
+    with pytest.raises(OtaMergeError, match="step count >= 1 and 0 < beta2 < 1"):
+        correct_bias(Moments(tmp_path / "m.safetensors", "m"), tmp_path / "d.safetensors", step=0, beta2=0.5,
+                     progress=False)

@@ -31,7 +31,7 @@ from otamerge.errors import OtaMergeError
 from otamerge.hessians import KIND, check_importance_kind
 from otamerge.layout import STATISTICS
 from otamerge.lora import check_full_moments, is_adapter, open_model
-from otamerge.moments import Moments
+from otamerge.moments import OPTIMIZER_KEY, Moments
 from otamerge.threshold import exact_thresholds, keep_count
 from otamerge.tokenizer_source import copy_tokenizer
 from otamerge.writer import ShardedWriter, TensorPlan
@@ -234,7 +234,7 @@ def _statistics(inp: _Inputs, density: float, thr: float, total: int, metric: st
 
 
 def _optimizer_state(moments: Moments) -> dict | None:
-    raw = moments.source_metadata.get("optimizer_state")
+    raw = moments.source_metadata.get(OPTIMIZER_KEY)
     try:
         return json.loads(raw) if raw else None
     except ValueError:

@@ -96,6 +96,11 @@ def rank1_moments(seed: Seed, expert: str) -> str:
     return f"{root(seed)}/moments/{expert}/rank1.safetensors"
 
 
+def corrected_moments(seed: Seed, expert: str) -> str:
+    """The expert's exp_avg_sq divided by Adam's bias factor 1 - beta2^t."""
+    return f"{root(seed)}/moments/{expert}/bias_corrected.safetensors"
+
+
 def rank1_report(seed: Seed, expert: str) -> str:
     return f"{root(seed)}/moments/{expert}/rank1.json"
 

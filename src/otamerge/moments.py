@@ -17,6 +17,8 @@ mapped to names in the model's parameter order.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -24,10 +26,13 @@ import torch
 from tqdm import tqdm
 
 from otamerge.atomic import write_safetensors
-from otamerge.checkpoint import Checkpoint
+from otamerge.checkpoint import Checkpoint, row_ranges
 from otamerge.errors import OtaMergeError
+from otamerge.writer import ShardedWriter, TensorPlan
 
 META_KEY = "otamerge_moments"  # safetensors metadata of compressed files: kind, rank, source
+OPTIMIZER_KEY = "optimizer_state"  # metadata of a moments file: the optimizer's step count and betas (JSON)
+BIAS_KEY = "otamerge_bias_correction"  # metadata of bias-corrected moments: step, beta2, factor
 
 
 def rank1(v: torch.Tensor) -> torch.Tensor:
@@ -152,6 +157,50 @@ def compress(src: Moments, names: list[str], out: Path, rank: int = 1, progress:
                                   "source_metadata": src.source_metadata}, sort_keys=True)}
     write_safetensors(out, tensors, meta)
     return report
+
+
+def adam_bias_factor(metadata: dict, step: int | None = None, beta2: float | None = None,
+                     label: str = "moments") -> tuple[int, float, float]:
+    """(t, beta2, 1 - beta2^t): Adam's exp_avg_sq starts at 0, so after t steps its raw value
+    is (1 - beta2^t) times the running mean of g^2. ``step`` and ``beta2`` override the
+    file's optimizer metadata (written by the demo's training as ``optimizer_state``)."""
+    try:
+        state = json.loads(metadata.get(OPTIMIZER_KEY) or "{}")
+    except ValueError:
+        state = {}
+    step = state.get("step") if step is None else step
+    beta2 = (state.get("betas") or [None, None])[1] if beta2 is None else beta2
+    if step is None or beta2 is None:
+        raise OtaMergeError(f"{label}: bias correction needs Adam's step count and beta2, and the file's metadata "
+                            f"has no {OPTIMIZER_KEY} with them: give them per expert (optimizer: {{step, beta2}})")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1 or not 0 < float(beta2) < 1:
+        raise OtaMergeError(f"{label}: bias correction needs a step count >= 1 and 0 < beta2 < 1, "
+                            f"got step={step!r}, beta2={beta2!r}")
+    return step, float(beta2), 1 - float(beta2) ** step
+
+
+def correct_bias(src: Moments, out: str | Path, step: int | None = None, beta2: float | None = None,
+                 chunk_bytes: int = 64 << 20, progress: bool = True) -> dict:
+    """Write ``src`` divided by 1 - beta2^t to the safetensors file ``out``, streamed row chunk
+    by row chunk (memory: one chunk); returns what was applied."""
+    if src.kind != "full":
+        raise OtaMergeError(f"{src.label}: bias correction applies to full exp_avg_sq, not {src.kind} moments")
+    step, beta2, factor = adam_bias_factor(src.source_metadata, step, beta2, src.label)
+    names = sorted({k.removesuffix(".exp_avg_sq") for k in src.ckpt.names()})
+    applied = {"step": step, "beta2": beta2, "factor": factor, "source": str(src.path)}
+    meta = {k: v for k, v in src.source_metadata.items() if k == OPTIMIZER_KEY}
+    meta[BIAS_KEY] = json.dumps(applied, sort_keys=True)
+    plans = [TensorPlan(n, src.shape(n), torch.float32) for n in names]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
+        writer = ShardedWriter(Path(tmp), plans, max_shard_bytes=1 << 62, metadata=meta)  # one file
+        for name in tqdm(names, desc="bias-correct moments", unit="tensor", disable=not progress):
+            for rows in row_ranges(src.shape(name), chunk_bytes) or [None]:
+                writer.write(name, src.get(name, rows) / factor)
+        writer.close()
+        os.replace(Path(tmp) / writer.files[0], out)
+    return applied
 
 
 def parameter_names(model_dir: str | Path) -> list[str]:

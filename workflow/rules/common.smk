@@ -35,6 +35,8 @@ BACKENDS = config["evaluation"]["backends"]
 # job sizes: the model's size in billions of parameters, and GPUs per GPU job
 SIZE_B = config.get("resources", {}).get("model_params_b", 1.0)
 GPUS = config.get("resources", {}).get("gpu", 0)
+# Adam's exp_avg_sq divided by 1 - beta2^t before any job reads it (off: the paper's raw moments)
+BIAS_CORRECTION = config.get("moments", {}).get("bias_correction", False)
 
 
 def alternatives(names):
@@ -84,13 +86,26 @@ def moments_file(seed, expert, kind="full"):
         return layout.importance_file(seed)
     if kind == "rank1":
         return layout.rank1_moments(seed, expert)
+    if BIAS_CORRECTION:
+        return layout.corrected_moments(seed, expert)
+    return downloaded_moments(seed, expert)
+
+
+def downloaded_moments(seed, expert):
     return layout.preconditioner(layout.model_dir(seed, expert))
 
 
 def moments_input(seed, expert, kind="full"):
     """What a job reading those moments depends on: downloaded moments live inside the
     expert's folder (a directory output), so the folder is the input."""
-    return layout.model_dir(seed, expert) if kind == "full" else moments_file(seed, expert, kind)
+    if kind == "full" and not BIAS_CORRECTION:
+        return layout.model_dir(seed, expert)
+    return moments_file(seed, expert, kind)
+
+
+def optimizer_override(expert):
+    """Adam's step count and beta2 for bias correction where the moments' metadata lacks them."""
+    return {} if DEMO else config["models"]["experts"][expert].get("optimizer", {})
 
 
 def download_input(wildcards):

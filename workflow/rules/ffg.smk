@@ -1,6 +1,28 @@
-rule compress_moments:
+rule bias_correct_moments:
     input:
         layout.model_dir("{seed}", "{expert}"),
+    output:
+        layout.corrected_moments("{seed}", "{expert}"),
+    log:
+        layout.log("bias_correct_moments", "{seed}", "{expert}"),
+    benchmark:
+        layout.benchmark("bias_correct_moments", "{seed}", "{expert}")
+    params:
+        moments=lambda wc: downloaded_moments(wc.seed, wc.expert),
+        optimizer=lambda wc: optimizer_override(wc.expert),
+    threads: 1
+    resources:
+        mem_mb=scaled(2000, 500),
+        runtime=scaled(5, 2),
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/bias_correct_moments.py"
+
+
+rule compress_moments:
+    input:
+        lambda wc: moments_input(wc.seed, wc.expert),
     output:
         moments=layout.rank1_moments("{seed}", "{expert}"),
         report=layout.rank1_report("{seed}", "{expert}"),
@@ -8,6 +30,8 @@ rule compress_moments:
         layout.log("compress_moments", "{seed}", "{expert}"),
     benchmark:
         layout.benchmark("compress_moments", "{seed}", "{expert}")
+    params:
+        moments=lambda wc: moments_file(wc.seed, wc.expert),
     threads: 1
     resources:
         mem_mb=scaled(2000, 500),

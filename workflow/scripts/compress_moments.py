@@ -1,12 +1,11 @@
 from pathlib import Path
 
-from otamerge import layout
 from otamerge.atomic import write_json
 from otamerge.logs import to_file
 from otamerge.moments import Moments, compress
 
 with to_file(snakemake.log[0]):
-    moments = layout.preconditioner(snakemake.input[0])  # the downloaded moments in the expert's folder
+    moments = snakemake.params.moments  # downloaded (inside the expert's folder) or bias-corrected
     src = Moments(moments, f"moments {moments}")
     names = sorted({k.removesuffix(".exp_avg_sq") for k in src.ckpt.names()})
     report = compress(src, names, Path(snakemake.output.moments), rank=1)
