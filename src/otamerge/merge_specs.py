@@ -25,13 +25,17 @@ def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
     """A merge config (as `otamerge merge` reads it) for one merge spec of the workflow.
 
     experts: name -> model folder; moments: name -> moments or importance file (OTA, and
-    trimming by curvature). Every expert gets the spec's ``model_parameters``, and its file
-    as ``preconditioner_path`` where the method reads one.
+    trimming by curvature). Every expert gets the spec's ``model_parameters``, then its own
+    ``expert_parameters``, its fixed FFG threshold (``thresholds``) as ``precond_threshold``,
+    and its file as ``preconditioner_path`` where the method reads one.
     """
     needs = moments_kind(spec) is not None
+    per_expert, thresholds = spec.get("expert_parameters") or {}, spec.get("thresholds") or {}
     models = []
     for name, folder in experts.items():
-        params = dict(spec.get("model_parameters") or {})
+        params = {**(spec.get("model_parameters") or {}), **(per_expert.get(name) or {})}
+        if thresholds.get(name) is not None:
+            params["precond_threshold"] = float(thresholds[name])
         if needs:
             if not moments or name not in moments:
                 raise OtaMergeError(f"merge {spec}: expert {name} has no moments file")
@@ -39,10 +43,11 @@ def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
         models.append({"model": folder, "parameters": params})
     cfg: dict[str, Any] = {"merge_method": spec["method"], "models": models,
                            "parameters": dict(spec.get("parameters") or {}),
-                           "dtype": spec.get("dtype", "float32"), "tokenizer_source": "base"}
+                           "dtype": spec.get("dtype", "float32"),
+                           "tokenizer_source": spec.get("tokenizer_source", "base")}
     if spec.get("base", True) and spec["method"] != "linear":
         cfg["base_model"] = base_dir
-    else:
+    elif cfg["tokenizer_source"] == "base":  # no base: the first expert's tokenizer
         cfg["tokenizer_source"] = models[0]["model"]
     return cfg
 

@@ -41,6 +41,13 @@ def _merge_experts(name: str, spec: dict[str, Any], experts: Sequence[str]) -> t
     unknown = [e for e in chosen if e not in experts]
     if unknown:
         raise ValueError(f"merges.{name}.experts: unknown expert {', '.join(unknown)} (experts: {', '.join(experts)})")
+    for key in ("thresholds", "expert_parameters"):  # per-expert values only for experts it merges
+        outside = [e for e in spec.get(key) or {} if e not in chosen]
+        if outside:
+            raise ValueError(f"merges.{name}.{key}: {', '.join(outside)} not among the experts it merges "
+                             f"({', '.join(chosen)})")
+    if spec.get("thresholds") and spec["method"] != "ota":
+        raise ValueError(f"merges.{name}.thresholds: fixed FFG thresholds mask OTA merges only, not {spec['method']}")
     return chosen
 
 
