@@ -132,7 +132,7 @@ def _cmd_thresholds(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from otamerge.atomic import atomic_file
-    from otamerge.density_choice import choose_density, sweep_statistics, with_thresholds
+    from otamerge.density_choice import sweep_statistics, thresholds_config
 
     sweeps = _pairs(args.expert, "--expert")
     fixed = {k: float(v) for k, v in _pairs(args.density, "--density").items()}
@@ -141,11 +141,10 @@ def _cmd_thresholds(args: argparse.Namespace) -> None:
         table = pd.read_csv(args.scores)
         for row in table.itertuples():
             scores.setdefault(str(row.expert), {})[float(row.density)] = float(row.score)
-    rows = [choose_density(ref, sweep_statistics(folder), fixed.get(ref), scores.get(ref), args.retention)
-            for ref, folder in sweeps.items()]
     with open(args.template) as fh:
         template = yaml.safe_load(fh)
-    cfg = with_thresholds(template, {r["expert"]: r["threshold"] for r in rows})
+    stats = {ref: sweep_statistics(folder) for ref, folder in sweeps.items()}
+    cfg, rows = thresholds_config(template, stats, fixed, scores, args.retention)
     with atomic_file(args.out) as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
     if args.table:

@@ -11,13 +11,26 @@ no FFG mask (threshold None).
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 from otamerge.errors import OtaMergeError
 from otamerge.densities import check_density
-from otamerge.ffg import read_statistics
 from otamerge.layout import STATISTICS
+
+
+def read_statistics(path: str | Path) -> dict:
+    """A statistics.json, with the fields threshold extraction needs checked."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OtaMergeError(f"{path}: cannot read statistics ({exc})") from None
+    missing = [k for k in ("density", "metric", "threshold", "kept", "total", "achieved_density") if k not in data]
+    if missing:
+        raise OtaMergeError(f"{path}: statistics.json lacks {', '.join(missing)}")
+    return data
 
 
 def sweep_statistics(sweep_dir: str | Path) -> dict[float, dict]:
@@ -58,6 +71,18 @@ def choose_density(expert: str, stats: dict[float, dict], fixed: float | None = 
     return {"expert": expert, "mode": "fixed" if fixed is not None else "auto", "density": d,
             "threshold": s["threshold"], "achieved_density": s["achieved_density"], "metric": s["metric"],
             "score": score, "expert_score": full, "reason": reason}
+
+
+def thresholds_config(template: dict[str, Any], stats: dict[str, dict[float, dict]],
+                      fixed: dict[str, float | None], scores: dict[str, dict[float, float]], retention: float,
+                      refs: dict[str, str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Threshold extraction, for ``otamerge thresholds`` and the workflow's merge_config rule:
+    each expert's density chosen from its sweep ``stats`` (fixed, or automatic from its own
+    ``scores``), and the template with their thresholds. ``refs`` maps an expert to its
+    model in the template (default: the same name). Returns (config, one row per expert)."""
+    rows = [choose_density(e, stats[e], fixed.get(e), scores.get(e), retention) for e in stats]
+    refs = refs or {e: e for e in stats}
+    return with_thresholds(template, {refs[r["expert"]]: r["threshold"] for r in rows}), rows
 
 
 def with_thresholds(template: dict[str, Any], thresholds: dict[str, float | None]) -> dict[str, Any]:

@@ -239,16 +239,3 @@ def _optimizer_state(moments: Moments) -> dict | None:
         return json.loads(raw) if raw else None
     except ValueError:
         return None
-
-
-def read_statistics(path: str | Path) -> dict:
-    """A statistics.json, with the fields threshold extraction needs checked."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise OtaMergeError(f"{path}: cannot read statistics ({exc})") from None
-    missing = [k for k in ("density", "metric", "threshold", "kept", "total", "achieved_density") if k not in data]
-    if missing:
-        raise OtaMergeError(f"{path}: statistics.json lacks {', '.join(missing)}")
-    return data

@@ -2,8 +2,7 @@ import pandas as pd
 import yaml
 
 from otamerge.atomic import atomic_file
-from otamerge.density_choice import choose_density, with_thresholds
-from otamerge.ffg import read_statistics
+from otamerge.density_choice import read_statistics, thresholds_config
 from otamerge.layout import graft_name, graft_statistics
 from otamerge.logs import to_file
 from otamerge.merge_specs import merge_template, own_task_scores
@@ -25,12 +24,10 @@ with to_file(snakemake.log[0]):
             stats.setdefault(e, {})[float(d)] = read_statistics(graft_statistics(folder))
         names = {graft_name(e, metric, d): (e, float(d)) for e, d in t["points"]}
         names.update({e: (e, 1.0) for e in experts})
-        scores = own_task_scores(inp.get("scores", []), names, t["tasks"], t["score"])
-        for e in experts:
-            own = {r.density: r.score for r in scores[scores.expert == e].itertuples()}
-            fixed = t["fixed"].get(e)
-            rows.append(choose_density(e, stats[e], float(fixed) if fixed else None, own, t["retention"]))
-        cfg = with_thresholds(cfg, {experts[r["expert"]]: r["threshold"] for r in rows})
+        table = own_task_scores(inp.get("scores", []), names, t["tasks"], t["score"])
+        scores = {e: {r.density: r.score for r in table[table.expert == e].itertuples()} for e in experts}
+        fixed = {e: float(d) for e, d in t["fixed"].items()}
+        cfg, rows = thresholds_config(cfg, {e: stats[e] for e in experts}, fixed, scores, t["retention"], experts)
     with atomic_file(snakemake.output.config) as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
     with atomic_file(snakemake.output.choices) as fh:
