@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from otamerge.merge_specs import merge_template
+from otamerge.merge_specs import FFG_METRICS, merge_template, moments_kind
 from otamerge.subsets import expand_merges
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,3 +90,24 @@ def test_fixed_thresholds_and_expert_parameters_reach_each_model():
 def test_per_expert_values_for_experts_a_merge_lacks_are_refused(spec, message):
     with pytest.raises(ValueError, match=message):
         expand_merges({"m": spec}, ["a", "b"])
+
+
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+
+def test_schema_lists_the_registry_methods_and_the_ffg_metrics():
+    from otamerge.methods import METHODS
+
+    merge = SCHEMA["properties"]["merges"]["additionalProperties"]["properties"]
+    assert set(merge["method"]["enum"]) == set(METHODS)
+    assert SCHEMA["$defs"]["metric"]["enum"] == list(FFG_METRICS)
+    assert set(merge["ffg"]["enum"]) == {m for m, (_, kind) in FFG_METRICS.items() if kind in ("full", "rank1")}
+
+
+def test_ffg_fisher_rank1_alone_weighs_with_rank1_moments_and_a_disagreeing_moments_is_refused():
+    assert moments_kind({"method": "ota", "ffg": "fisher_rank1"}) == "rank1"
+    assert moments_kind({"method": "ota", "ffg": "fisher"}) == "full"
+    assert moments_kind({"method": "ota"}) == "full"
+    for ffg, moments in (("fisher_rank1", "full"), ("fisher", "rank1")):
+        with pytest.raises(ValueError, match=f"merges.m: ffg {ffg} masks with .* but moments is {moments}"):
+            expand_merges({"m": {"method": "ota", "ffg": ffg, "moments": moments}}, ["a", "b"])

@@ -10,13 +10,22 @@ from typing import Any, Iterable
 from otamerge.errors import OtaMergeError
 
 
+# FFG metric (a sweep folder's name, a merge's ``ffg``) -> (the saliency ``otamerge ffg``
+# computes, the curvature file it reads): fisher_rank1 is fisher from rank-1 moments
+FFG_METRICS: dict[str, tuple[str, str | None]] = {
+    "fisher": ("fisher", "full"), "fisher_rank1": ("fisher", "rank1"),
+    "magnitude": ("magnitude", None), "sparsegpt": ("sparsegpt", "sparsegpt"),
+}
+
+
 def moments_kind(spec: dict[str, Any]) -> str | None:
     """The curvature file each expert of a merge spec needs: its moments (OTA, trim_by
-    fisher: ``full`` or ``rank1``), the base's OBS importance (trim_by sparsegpt:
+    fisher: ``full`` or ``rank1``; an OTA merge masked by ``ffg: fisher_rank1`` weighs with
+    the rank-1 moments its masks come from), the base's OBS importance (trim_by sparsegpt:
     ``sparsegpt``), or None."""
     trim = (spec.get("parameters") or {}).get("trim_by", "magnitude")
     if spec["method"] == "ota" or trim == "fisher":
-        return spec.get("moments", "full")
+        return spec.get("moments") or (FFG_METRICS[spec["ffg"]][1] if spec.get("ffg") else "full")
     return "sparsegpt" if trim == "sparsegpt" else None
 
 

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from otamerge import layout
 from otamerge.demo.settings import base_data, expert_config
 from otamerge.densities import density_label
+from otamerge.merge_specs import FFG_METRICS
 from otamerge.merge_specs import moments_kind as merge_moments_kind
 from otamerge.seeds import config_seeds
 from otamerge.subsets import ALL, expand_merges
@@ -49,7 +50,7 @@ wildcard_constraints:
     expert=alternatives(EXPERTS),
     name=alternatives(MODELS),
     backend=alternatives(BACKENDS) or "builtin",
-    metric="fisher|fisher_rank1|magnitude|sparsegpt",
+    metric=alternatives(FFG_METRICS),
     density=r"[0-9][0-9.e-]*",
     merge=alternatives(MERGES) or "NO_MERGE",
     model=r"base|{}|ffg/[^/]+/[^/]+/[^/]+|merge/[^/]+".format(alternatives(EXPERTS)),
@@ -124,7 +125,7 @@ def expert_settings(wildcards):
 
 
 def ffg_moments_kind(metric):
-    return {"fisher": "full", "fisher_rank1": "rank1", "sparsegpt": "sparsegpt"}.get(metric)
+    return FFG_METRICS[metric][1]
 
 
 def merge_experts(merge):

@@ -1,7 +1,8 @@
 from otamerge.ffg import ffg_graft
 from otamerge.logs import to_file
+from otamerge.merge_specs import FFG_METRICS
 
 with to_file(snakemake.log[0]):
-    metric = snakemake.wildcards.metric.removesuffix("_rank1")  # fisher_rank1: fisher from rank-1 moments
+    saliency, _ = FFG_METRICS[snakemake.wildcards.metric]  # fisher_rank1: fisher from rank-1 moments
     ffg_graft(snakemake.input.base, snakemake.input.expert, snakemake.params.moments,
-              {snakemake.params.density: snakemake.output[0]}, metric)
+              {snakemake.params.density: snakemake.output[0]}, saliency)
