@@ -54,6 +54,19 @@ def test_single_expert_ota_equals_its_graft_byte_for_byte(fam, tmp_path, dtype):
         assert torch.equal(merged[n], graft.to(merged[n].dtype)), n
 
 
+def test_ota_ignores_a_models_weight_as_the_papers_fork_does(fam, tmp_path):
+    """The paper's OTA configs give each model `weight: 1.0`; its fork never reads it."""
+    plain = ota_cfg(fam, threshold=1e-14)
+    weighted = ota_cfg(fam, threshold=1e-14)
+    for m, w in zip(weighted["models"], (0.2, 1.0, 3.0)):
+        m["parameters"]["weight"] = w
+    a = tensors(run_merge(parse_config(plain), tmp_path / "a", QUIET))
+    b = tensors(run_merge(parse_config(weighted), tmp_path / "b", QUIET))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    base = tensors(fam["base"])
+    assert any(not torch.equal(a[n], base[n]) for n in a)  # the merge did something
+
+
 def test_row_chunks_give_the_same_bytes_as_whole_tensors(fam, tmp_path):
     cfg = parse_config(ota_cfg(fam, threshold=1e-14))
     a = run_merge(cfg, tmp_path / "a", MergeOptions(progress=False, chunk_bytes=256))
