@@ -251,7 +251,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(fam, tmp_path):
         run_merge(parse_config(ota_cfg(fam)), tmp_path / "o", MergeOptions(device="cuda", progress=False))
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "task_arithmetic"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "task_arithmetic", "multislerp", "sce"])
 def test_in_place_merging_of_owned_inputs_gives_the_same_bits_and_spares_borrowed_ones(method):
     """The engine lets methods overwrite its own fresh copies (less memory); tensors a
     caller lends (owned=False) come back untouched, and the result is the same."""
@@ -263,7 +263,8 @@ def test_in_place_merging_of_owned_inputs_gives_the_same_bits_and_spares_borrowe
     models = [base + 0.01 * torch.randn(64, 33, generator=g) for _ in range(3)]
     copies = [m.clone() for m in models]
     mp = [{"weight": w, "density": 0.3, "gamma": 0.01} for w in (1.0, 0.5, 0.25)]
-    params = {"normalize": True, "rescale": method == "dare_ties", "lambda": 1.0, "int8_mask": False}
+    params = {"normalize": True, "rescale": method == "dare_ties", "lambda": 1.0, "int8_mask": False,
+              "normalize_weights": True, "eps": 1e-8, "select_topk": 0.3}
     merge = METHODS[method].merge
     lent = merge(TensorInputs("w", base, models, [None] * 3, mp, params, seed=2))
     assert all(torch.equal(m, c) for m, c in zip(models, copies))
