@@ -54,6 +54,19 @@ def test_single_expert_ota_equals_its_graft_byte_for_byte(fam, tmp_path, dtype):
         assert torch.equal(merged[n], graft.to(merged[n].dtype)), n
 
 
+def test_ota_ignores_a_models_weight_as_the_papers_fork_does(fam, tmp_path):
+    """The paper's OTA configs give each model `weight: 1.0`; its fork never reads it."""
+    plain = ota_cfg(fam, threshold=1e-14)
+    weighted = ota_cfg(fam, threshold=1e-14)
+    for m, w in zip(weighted["models"], (0.2, 1.0, 3.0)):
+        m["parameters"]["weight"] = w
+    a = tensors(run_merge(parse_config(plain), tmp_path / "a", QUIET))
+    b = tensors(run_merge(parse_config(weighted), tmp_path / "b", QUIET))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    base = tensors(fam["base"])
+    assert any(not torch.equal(a[n], base[n]) for n in a)  # the merge did something
+
+
 def test_row_chunks_give_the_same_bytes_as_whole_tensors(fam, tmp_path):
     cfg = parse_config(ota_cfg(fam, threshold=1e-14))
     a = run_merge(cfg, tmp_path / "a", MergeOptions(progress=False, chunk_bytes=256))
@@ -238,7 +251,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(fam, tmp_path):
         run_merge(parse_config(ota_cfg(fam)), tmp_path / "o", MergeOptions(device="cuda", progress=False))
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "task_arithmetic"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "task_arithmetic", "multislerp", "sce"])
 def test_in_place_merging_of_owned_inputs_gives_the_same_bits_and_spares_borrowed_ones(method):
     """The engine lets methods overwrite its own fresh copies (less memory); tensors a
     caller lends (owned=False) come back untouched, and the result is the same."""
@@ -250,7 +263,8 @@ def test_in_place_merging_of_owned_inputs_gives_the_same_bits_and_spares_borrowe
     models = [base + 0.01 * torch.randn(64, 33, generator=g) for _ in range(3)]
     copies = [m.clone() for m in models]
     mp = [{"weight": w, "density": 0.3, "gamma": 0.01} for w in (1.0, 0.5, 0.25)]
-    params = {"normalize": True, "rescale": method == "dare_ties", "lambda": 1.0, "int8_mask": False}
+    params = {"normalize": True, "rescale": method == "dare_ties", "lambda": 1.0, "int8_mask": False,
+              "normalize_weights": True, "eps": 1e-8, "select_topk": 0.3}
     merge = METHODS[method].merge
     lent = merge(TensorInputs("w", base, models, [None] * 3, mp, params, seed=2))
     assert all(torch.equal(m, c) for m, c in zip(models, copies))

@@ -40,7 +40,12 @@ CASES = {  # method: per-model extra parameters (density 1.0 unless given)
     "ties@0.4": {"density": 0.4},
     "breadcrumbs@0.5": {"density": 0.5, "gamma": 0.05},
     "breadcrumbs_ties@0.5": {"density": 0.5, "gamma": 0.05},
+    "multislerp": {},
+    "multislerp@nobase": {},
+    "sce": {},
+    "sce@0.3": {"density": 0.9},  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
 }
+GLOBAL = {"sce@0.3": {"select_topk": 0.3}}  # case: global parameters
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +57,8 @@ def _config(family, case: str, out_dtype: str | None, dtype: str = "float32") ->
     method = case.split("@")[0]
     models = [{"model": str(family[f"expert{i}"]), "parameters": {"weight": w, **CASES[case]}}
               for i, w in enumerate(WEIGHTS)]
-    cfg = {"merge_method": method, "models": models, "dtype": dtype}
-    if method != "linear":
+    cfg = {"merge_method": method, "models": models, "dtype": dtype, "parameters": GLOBAL.get(case, {})}
+    if method != "linear" and not case.endswith("nobase"):
         cfg["base_model"] = str(family["base"])
     if out_dtype:
         cfg["out_dtype"] = out_dtype

@@ -192,6 +192,9 @@ METHODS = (
             Param("scaling_factor", 1.0, per_model=True),
             Param("rank1_approx", False, per_model=True, kind=bool),
             Param("rank", None, per_model=True, kind=int),
+            # accepted and unused, as in the paper's fork: its OTA never reads `weight` (the
+            # configs call it a fallback, but a preconditioner that fails to load is an error)
+            Param("weight", 1.0, per_model=True),
             Param("epsilon", 1e-8),
             Param("power", 0.5),
             Param("normalise", "none", kind=str, choices=("none", "global")),

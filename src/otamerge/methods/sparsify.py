@@ -97,12 +97,18 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool = False,
 
 
 def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False,
-                scores: torch.Tensor | None = None) -> torch.Tensor:
+                scores: torch.Tensor | None = None, fork: bool = False) -> torch.Tensor:
     """Drop the top ``gamma`` fraction by |delta| (or ``scores``) and the smallest entries,
-    keeping ``density``; the outlier cut shrinks when needed to keep the target count."""
+    keeping ``density``; the outlier cut shrinks when needed to keep the target count.
+
+    ``fork``: the paper's fork of mergekit keeps the sorted entries [n_bot:-n_top], an
+    empty slice when int(gamma * n) is 0, so such a tensor keeps nothing (the merge gives
+    it the base); mergekit 0.1.5 keeps [n_bot:n_bot + keep] and drops no outlier there."""
     if density >= 1:
         return delta
     n = delta.numel()
+    if fork and int(gamma * n) == 0:
+        return delta.mul_(0)  # (not zero_(): a negative entry becomes -0.0, as the fork's mask gives)
     keep = int(density * n)
     n_bot = max(0, n - keep - int(gamma * n))
     w = delta.abs() if scores is None else scores

@@ -50,7 +50,8 @@ def _sparsified(kind: str | None, inputs: TensorInputs, i: int, delta: torch.Ten
         return sparsify.dare(delta, p["density"], gen, rescale)
     if kind == "breadcrumbs":
         scores = importance(trim_by, delta, inputs.moments[i])
-        return sparsify.breadcrumbs(delta, p["density"], p["gamma"], rescale, scores)
+        fork = inputs.params.get("breadcrumbs_compat", "mergekit") == "fork"
+        return sparsify.breadcrumbs(delta, p["density"], p["gamma"], rescale, scores, fork)
     return delta
 
 
@@ -128,7 +129,10 @@ def _method(name: str, sparsification: str | None, consensus: bool, normalize: b
     )
 
 
-_GAMMA = (Param("gamma", 0.01, per_model=True),)
+# breadcrumbs_compat: fork reproduces the paper's fork, which resets to the base every tensor
+# with int(gamma * n) == 0 (sparsify.breadcrumbs); mergekit 0.1.5's definition is the default
+_GAMMA = (Param("gamma", 0.01, per_model=True),
+          Param("breadcrumbs_compat", "mergekit", kind=str, choices=("mergekit", "fork")))
 
 METHODS = (
     _method("task_arithmetic", None, False, False, False, "base + sum of weighted task vectors"),
