@@ -50,12 +50,12 @@ def test_papers_config_validates_and_lists_the_whole_dag(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     res = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config/paper.yaml"), "--replace-workflow-config")
     assert res.returncode == 0, res.stderr[-2000:]
-    experts = 6  # all six are swept; the merges use five of them
-    # OLMES scores the base, the experts, the merges and the five merged experts grafted at
-    # their fixed density (FFG from full and from rank-1 moments)
+    experts, merges = 6, 18  # all six are swept; one merge per merge config of the paper's repository
+    # the merges take the paper's thresholds, so no graft is scored: OLMES scores the base,
+    # the experts and the merges
     assert job_counts(res.stdout + res.stderr) == {
-        "download": 1 + experts, "compress_moments": 5, "ffg": experts * 2 * 5 + 5, "merge_config": 9,
-        "merge": 9, "evaluate_olmes": 1 + experts + 9 + 5 * 2, "summary": 1, "retention": 1, "all": 1}
+        "download": 1 + experts, "compress_moments": 5, "ffg": experts * 2 * 6, "merge_config": merges,
+        "merge": merges, "evaluate_olmes": 1 + experts + merges, "summary": 1, "retention": 1, "all": 1}
     assert "output: results/seed0/models/coding_tulu3" in res.stdout and "demo_base" not in res.stdout
     # 8.03B parameters: sizes scale with the model, and GPU rules ask for a GPU
     assert rule_resources(res.stdout, "merge") == {"gpu": "1", "mem_mb": "24075", "runtime": "91"}
