@@ -28,10 +28,9 @@ from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.densities import check_density, density_label
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.hessians import KIND, check_importance_kind
 from otamerge.layout import STATISTICS
-from otamerge.lora import check_full_moments, is_adapter, open_model
-from otamerge.moments import OPTIMIZER_KEY, Moments
+from otamerge.lora import is_adapter, open_model
+from otamerge.moments import OBS_KIND, OPTIMIZER_KEY, Moments, check_full_moments, check_importance_kind
 from otamerge.threshold import exact_thresholds, keep_count
 from otamerge.tokenizer_source import copy_tokenizer
 from otamerge.writer import ShardedWriter, TensorPlan
@@ -226,7 +225,7 @@ def _statistics(inp: _Inputs, density: float, thr: float, total: int, metric: st
         "ties_at_threshold": sum(st.ties for st in per_tensor.values()),
         # tensors ranked by |t| where the importance has no curvature for them
         "fallback_magnitude": (inp.moments.source_metadata.get("fallback_magnitude", [])
-                               if inp.moments is not None and inp.moments.kind == KIND else []),
+                               if inp.moments is not None and inp.moments.kind == OBS_KIND else []),
         "base": str(base_dir),
         "expert": str(expert_dir),
         "tensors": {n: st.as_dict(inp.base.shape(n)) for n, st in per_tensor.items()},

@@ -42,12 +42,11 @@ from otamerge.atomic import atomic_dir, check_space, write_safetensors
 from otamerge.checkpoint import Checkpoint
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.moments import META_KEY, Moments
+from otamerge.moments import META_KEY, OBS_KIND, Moments
 from otamerge.writer import ShardedWriter, TensorPlan
 
 HESSIAN_META = "otamerge_hessians"
 SHARD_BYTES = 5 << 30
-KIND = "sparsegpt"
 
 
 @dataclass(frozen=True)
@@ -258,12 +257,6 @@ def hessians_cached(model_dir: str | Path, cal: Calibration, cache: str | Path,
     return Checkpoint(cache, f"Hessian cache {cache}"), False
 
 
-def check_importance_kind(moments: Moments, metric: str) -> None:
-    """An OBS importance file only for sparsegpt, and Adam moments only for fisher."""
-    if metric != "magnitude" and (moments.kind == KIND) != (metric == KIND):
-        raise OtaMergeError(f"{moments.path}: a {moments.kind} importance file given for the {metric} metric")
-
-
 def inverse_diagonal(h: torch.Tensor, damping: float) -> torch.Tensor:
     """diag((H + damping * mean(diag H) * I)^-1), in fp64 through a Cholesky factor."""
     h = h.double()
@@ -324,6 +317,6 @@ def write_importance(hessians_path: str | Path, base_dir: str | Path, out: str |
     finally:
         base.close()
         hessians.close()
-    meta = {"kind": KIND, "rank": 1, "source": str(hessians_path), "source_metadata": {**info, "calibration": source}}
+    meta = {"kind": OBS_KIND, "rank": 1, "source": str(hessians_path), "source_metadata": {**info, "calibration": source}}
     write_safetensors(out, tensors, {META_KEY: json.dumps(meta, sort_keys=True)})
     return meta

@@ -140,15 +140,3 @@ def open_model(folder: str | Path, label: str, base: Checkpoint | None) -> Check
     if base is None:
         raise OtaMergeError(f"{label}: a LoRA adapter needs the base model it was trained from (set base_model)")
     return LoraExpert(folder, base, label)
-
-
-def check_full_moments(moments: Moments, weights: Checkpoint, names: list[str], model_dir: str | Path) -> None:
-    """Moments cover every weight at full shape; for a LoRA expert say why they do not."""
-    try:
-        moments.check_against(weights, names)
-    except OtaMergeError as exc:
-        if is_adapter(model_dir):
-            raise OtaMergeError(f"{exc}: {model_dir} is a LoRA adapter, whose optimizer moments cover its A and B "
-                                "factors; OTA and FFG with fisher need full-shape moments of every weight "
-                                "(use magnitude or sparsegpt importance)") from None
-        raise

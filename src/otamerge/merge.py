@@ -21,11 +21,10 @@ from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.config import MergeConfig
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.hessians import check_importance_kind
-from otamerge.lora import check_full_moments, open_model
+from otamerge.lora import open_model
 from otamerge.methods.base import TensorInputs
 from otamerge.model_config import read_config
-from otamerge.moments import Moments
+from otamerge.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.resolve import resolve_model, resolve_preconditioner
 from otamerge.tokenizer_source import copy_tokenizer, tokenizer_dir
 from otamerge.writer import ShardedWriter, TensorPlan

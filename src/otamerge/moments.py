@@ -33,6 +33,7 @@ from otamerge.writer import ShardedWriter, TensorPlan
 META_KEY = "otamerge_moments"  # safetensors metadata of compressed files: kind, rank, source
 OPTIMIZER_KEY = "optimizer_state"  # metadata of a moments file: the optimizer's step count and betas (JSON)
 BIAS_KEY = "otamerge_bias_correction"  # metadata of bias-corrected moments: step, beta2, factor
+OBS_KIND = "sparsegpt"  # the kind of an OBS importance file (hessians.py writes it in this format)
 
 
 def rank1(v: torch.Tensor) -> torch.Tensor:
@@ -122,6 +123,26 @@ class Moments:
 
     def close(self) -> None:
         self.ckpt.close()
+
+
+def check_importance_kind(moments: Moments, metric: str) -> None:
+    """An OBS importance file only for sparsegpt, and Adam moments only for fisher."""
+    if metric != "magnitude" and (moments.kind == OBS_KIND) != (metric == OBS_KIND):
+        raise OtaMergeError(f"{moments.path}: a {moments.kind} importance file given for the {metric} metric")
+
+
+def check_full_moments(moments: Moments, weights: Checkpoint, names: list[str], model_dir: str | Path) -> None:
+    """Moments cover every weight at full shape; for a LoRA expert say why they do not."""
+    try:
+        moments.check_against(weights, names)
+    except OtaMergeError as exc:
+        from otamerge.lora import is_adapter  # (lora imports this module)
+
+        if is_adapter(model_dir):
+            raise OtaMergeError(f"{exc}: {model_dir} is a LoRA adapter, whose optimizer moments cover its A and B "
+                                "factors; OTA and FFG with fisher need full-shape moments of every weight "
+                                "(use magnitude or sparsegpt importance)") from None
+        raise
 
 
 def compress(src: Moments, names: list[str], out: Path, rank: int = 1, progress: bool = True) -> dict:
