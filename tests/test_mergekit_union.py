@@ -2,7 +2,8 @@
 
 A tiny family whose experts added tokens (embed_tokens and lm_head resized) or hold their
 vocabulary in another order; mergekit-yaml and we merge it with linear (no base: the
-tokenizer base is a model) and ties (a base that lacks the added tokens). mergekit
+tokenizer base is a model) and ties (a base that lacks the added tokens); and one
+vocabulary whose files differ (expert0: a chat template, pad = eos). mergekit
 without a base takes an arbitrary model's tokenizer as its base (its model set's order),
 so the experts add their tokens in one relative order: every choice then gives the same
 union.
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from checkpoints import add_tokens, make_family, swap_tokens
 from conftest import REPO
@@ -45,6 +47,10 @@ def family(tmp_path_factory) -> dict[str, Path]:
     fam["expert3"] = fam["base"].parent / "expert3"
     shutil.copytree(fam["expert2"], fam["expert3"])
     swap_tokens(fam["expert3"], "a", "b")
+    tok = AutoTokenizer.from_pretrained(fam["expert0"])  # a chat fine-tune's files, one vocabulary
+    tok.pad_token = tok.eos_token
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(fam["expert0"])
     return fam
 
 
@@ -58,6 +64,8 @@ def _configs(fam) -> dict[str, dict]:
                    **common},
         "ties": {"merge_method": "ties", "base_model": str(fam["base"]),
                  "models": models(["expert0", "expert1", "expert3"], (0.5, 0.3, 0.7)), **common},
+        "one-vocabulary": {"merge_method": "task_arithmetic", "base_model": str(fam["base"]),
+                           "models": models(["expert0"], (0.5,)), **common},
     }
 
 
@@ -95,3 +103,14 @@ def test_union_vocabulary_and_rows_equal_mergekits(mergekit, tmp_path, key):
     assert worst <= 1.0
     for f in (ours_dir, theirs_dir):
         assert json.loads((f / "config.json").read_text())["vocab_size"] == 79
+
+
+def test_one_vocabulary_merges_as_mergekit_does_with_the_bases_tokenizer(mergekit, tmp_path):
+    cfg, theirs_dir = mergekit["one-vocabulary"]
+    ours_dir = run_merge(parse_config(cfg), tmp_path / "ours", MergeOptions(progress=False))
+    assert _vocab(ours_dir) == _vocab(theirs_dir)
+    ours, theirs = load_file(ours_dir / "model.safetensors"), load_file(theirs_dir / "model.safetensors")
+    assert max(float(ulps(ours[n], theirs[n]).max()) for n in ours) <= 1.0
+    for folder in (ours_dir, theirs_dir):  # both: the base's tokenizer, not expert0's chat settings
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert (tok.pad_token, tok.chat_template) == ("<pad>", None)

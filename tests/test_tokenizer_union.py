@@ -66,6 +66,9 @@ def test_one_vocabulary_with_other_files_merges_and_gets_the_tokenizer_bases_fil
 def test_different_vocabularies_are_reindexed_and_missing_rows_filled(fam, tmp_path):
     cfg = cfg_of(fam, ["expert0", "expert3", "expert2"])
     out = run_merge(parse_config(cfg), tmp_path / "u", QUIET)
+    # row chunks of 4 rows: the re-indexed reads cross chunk boundaries, same bytes
+    chunked = run_merge(parse_config(cfg), tmp_path / "c", MergeOptions(progress=False, chunk_bytes=256))
+    assert (chunked / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
     vocab = AutoTokenizer.from_pretrained(out).get_vocab()
     base_vocab = AutoTokenizer.from_pretrained(fam["expert0"]).get_vocab()
     assert vocab == {**base_vocab, "<tool>": 77}
@@ -130,3 +133,14 @@ def test_moments_over_different_vocabularies_are_refused(fam, tmp_path, capsys):
            "models": [{"model": str(fam[e]), "parameters": {"preconditioner_path": str(fam[e] / MOMENTS)}}
                       for e in ("expert0", "expert2")]}
     _refused(fam, tmp_path, capsys, cfg, "re-indexing per-model moments into a union vocabulary is not supported")
+
+
+def test_a_union_without_ids_0_to_n_is_refused(fam, tmp_path, capsys):
+    bad = _copy(fam, tmp_path, "expert0")
+    tj = json.loads((bad / "tokenizer.json").read_text())
+    # the tokenizer base's ids skip Z's; mergekit then gives the Z it adds back the id of '-'
+    del tj["model"]["vocab"]["Z"]
+    (bad / "tokenizer.json").write_text(json.dumps(tj))
+    cfg = cfg_of(fam, ["expert0", "expert2"])
+    cfg["models"][0]["model"] = str(bad)
+    _refused(fam, tmp_path, capsys, cfg, "the union vocabulary's 78 tokens do not have the ids 0..77")
