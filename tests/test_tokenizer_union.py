@@ -144,3 +144,14 @@ def test_a_union_without_ids_0_to_n_is_refused(fam, tmp_path, capsys):
     cfg = cfg_of(fam, ["expert0", "expert2"])
     cfg["models"][0]["model"] = str(bad)
     _refused(fam, tmp_path, capsys, cfg, "the union vocabulary's 78 tokens do not have the ids 0..77")
+
+
+def test_a_corrupt_tokenizer_json_shared_by_all_models_is_refused(fam, tmp_path, capsys):
+    bad = [_copy(fam, tmp_path, "expert0"), tmp_path / "bad1"]
+    shutil.copytree(fam["expert3"], bad[1])
+    for b in bad:  # byte-identical files skip transformers; the row check still reads them
+        (b / "tokenizer.json").write_text('{"model": 3}')
+    cfg = cfg_of(fam, ["expert0", "expert3"])
+    for m, b in zip(cfg["models"], bad):
+        m["model"] = str(b)
+    _refused(fam, tmp_path, capsys, cfg, f"{bad[0]}/tokenizer.json is not a valid tokenizer.json (AttributeError")

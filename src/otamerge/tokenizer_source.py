@@ -36,12 +36,15 @@ def _vocab_size(folder: Path) -> int | None:
     tj = folder / "tokenizer.json"
     if not tj.is_file():
         return None
-    data = json.loads(tj.read_text())
-    vocab = data.get("model", {}).get("vocab")
-    # BPE/WordLevel: token -> id; Unigram: a list whose positions are the ids
-    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))
-    ids += [t["id"] for t in data.get("added_tokens", [])]
-    return max(ids) + 1 if ids else None
+    try:
+        data = json.loads(tj.read_text())
+        vocab = data.get("model", {}).get("vocab")
+        # BPE/WordLevel: token -> id; Unigram: a list whose positions are the ids
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))
+        ids += [t["id"] for t in data.get("added_tokens", [])]
+        return max(ids) + 1 if ids else None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise OtaMergeError(f"{tj} is not a valid tokenizer.json ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass

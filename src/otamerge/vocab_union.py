@@ -37,7 +37,7 @@ def load_tokenizer(folder: Path, label: str) -> PreTrainedTokenizerBase:
     except Exception as exc:  # transformers raises many kinds for a broken or foreign tokenizer
         lines = str(exc).strip().splitlines()
         raise OtaMergeError(f"{label}: cannot load the tokenizer in {folder} "
-                            f"({lines[0] if lines else type(exc).__name__})") from None
+                            f"({type(exc).__name__}{': ' + lines[0] if lines else ''})") from None
 
 
 def union_tokenizer(toks: list[PreTrainedTokenizerBase]) -> PreTrainedTokenizerBase:
