@@ -26,12 +26,14 @@ WEIGHTS = (0.5, 0.3, 0.7)
 @pytest.fixture(scope="module")
 def fam(tmp_path_factory):
     """expert1 saved by a chat fine-tune: a chat template, pad token = eos (as TRL sets
-    it); expert2 added <tool> (rows resized); expert3: expert0 with 'a' and 'b' exchanged."""
+    it), a sampling temperature; expert2 added <tool> (rows resized); expert3: expert0 with 'a' and 'b' exchanged."""
     fam = make_family(tmp_path_factory.mktemp("fam"), n_experts=3, seed=7)
     tok = AutoTokenizer.from_pretrained(fam["expert1"])
     tok.pad_token = tok.eos_token
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tok.save_pretrained(fam["expert1"])
+    gen = json.loads((fam["expert1"] / "generation_config.json").read_text())
+    (fam["expert1"] / "generation_config.json").write_text(json.dumps({**gen, "temperature": 0.6}))
     fam["expert3"] = fam["base"].parent / "expert3"
     shutil.copytree(fam["expert0"], fam["expert3"])
     swap_tokens(fam["expert3"], "a", "b")
@@ -54,10 +56,10 @@ def test_one_vocabulary_with_other_files_merges_and_gets_the_tokenizer_bases_fil
     src = fam["base"] if base else fam["expert0"]  # the base, else the first model
     assert sorted(p.name for p in out.iterdir() if p.name in TOKENIZER_FILES) == \
         ["tokenizer.json", "tokenizer_config.json"]
-    for f in ("tokenizer.json", "tokenizer_config.json"):
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (out / f).read_bytes() == (src / f).read_bytes()
     log = capsys.readouterr().out
-    assert f"model {fam['expert1']} (chat_template.jinja, tokenizer_config.json)" in log
+    assert f"model {fam['expert1']} (chat_template.jinja, generation_config.json, tokenizer_config.json)" in log
     cfg["tokenizer_source"] = "base"  # the weights are those of any other tokenizer choice
     ref = run_merge(parse_config(cfg), tmp_path / "b", QUIET)
     assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()

@@ -133,6 +133,11 @@ def _union(ckpts: list[Any], has_base: bool, moments: list[Any]) -> tuple[Tokeni
 
 
 def _log_differences(ckpts: list[Any], files: list[dict[str, bytes]]) -> None:
+    """Name each model's files that differ from the tokenizer base's (generation settings
+    too: the output gets the base's, with its config.json)."""
+    gen = "generation_config.json"
+    files = [{**f, **({gen: (c.path / gen).read_bytes()} if (c.path / gen).is_file() else {})}
+             for c, f in zip(ckpts, files)]
     notes = []
     for c, f in zip(ckpts[1:], files[1:]):
         differ = sorted(k for k in set(f) | set(files[0]) if f.get(k) != files[0].get(k))
