@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from otamerge.demo.tokenizer import build_tokenizer
@@ -40,3 +41,36 @@ def make_family(root: Path, n_experts: int = 3, seed: int = 0, dtype: torch.dtyp
             save_file(moments, str(folder / MOMENTS))
         out[name] = folder
     return out
+
+
+def add_tokens(folder: Path, tokens: list[str], seed: int = 0) -> None:
+    """Add ``tokens`` to the model in ``folder`` as a fine-tuning framework does:
+    tokenizer.add_tokens, embed_tokens and lm_head resized by new random rows."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_tokens(tokens)
+    tok.save_pretrained(folder)
+    w = load_file(folder / "model.safetensors")
+    gen = torch.Generator().manual_seed(seed)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        extra = 0.02 * torch.randn((len(tok) - w[name].shape[0], w[name].shape[1]), generator=gen)
+        w[name] = torch.cat([w[name], extra.to(w[name].dtype)])
+    save_file(w, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config["vocab_size"] = len(tok)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def swap_tokens(folder: Path, a: str, b: str) -> None:
+    """Exchange the ids of tokens ``a`` and ``b`` and their embedding rows: the same model
+    with its vocabulary in another order."""
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tj["model"]["vocab"]
+    ia, ib = vocab[a], vocab[b]
+    vocab[a], vocab[b] = ib, ia
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    w = load_file(folder / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        w[name][[ia, ib]] = w[name][[ib, ia]]
+    save_file(w, str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from otamerge.methods.base import TensorInputs
 from otamerge.model_config import read_config
 from otamerge.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.resolve import resolve_model, resolve_preconditioner
-from otamerge.tokenizer_source import copy_tokenizer, tokenizer_dir
+from otamerge.tokenizer_source import TokenizerPlan, plan_tokenizer
 from otamerge.writer import ShardedWriter, TensorPlan
 
 MiB = 1 << 20
@@ -50,6 +50,7 @@ class Plan:
     moments: list[Moments | None]
     out: list[TensorPlan]
     whole_tensors: bool  # the method must see whole tensors (no row chunks)
+    tokenizer: TokenizerPlan = field(default_factory=TokenizerPlan)
 
 
 def make_plan(cfg: MergeConfig) -> Plan:
@@ -70,6 +71,8 @@ def make_plan(cfg: MergeConfig) -> Plan:
                 check_importance_kind(moments[-1], cfg.params["trim_by"])
         else:
             moments.append(None)
+    # (tokenizer_source union over different vocabularies re-indexes the embedding rows)
+    tokenizer, base, models = plan_tokenizer(cfg, base, models, moments)
     reference = base or models[0]
     names = reference.names()
     for ckpt in models:
@@ -84,7 +87,7 @@ def make_plan(cfg: MergeConfig) -> Plan:
             dt = cfg.out_dtype or cfg.dtype or dt
         out.append(TensorPlan(name, reference.shape(name), dt))
     whole = cfg.method.whole_tensor(cfg.params, [m.params for m in cfg.models])
-    return Plan(names, reference, base, models, moments, out, whole)
+    return Plan(names, reference, base, models, moments, out, whole, tokenizer)
 
 
 def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.device,
@@ -143,7 +146,6 @@ def run_merge(cfg: MergeConfig, out_dir: str | Path, opts: MergeOptions = MergeO
 
 
 def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.device, opts: MergeOptions) -> None:
-    tok_src = tokenizer_dir(cfg, plan)
     check_space(sum(tp.nbytes for tp in plan.out), Path(out_dir).parent, f"merge into {out_dir}")
     with atomic_dir(out_dir) as tmp:
         writer = ShardedWriter(tmp, plan.out, opts.out_shard_bytes)
@@ -156,8 +158,7 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
             _merge_tensor(cfg, plan, tp, device, opts, writer)
         writer.close()
         _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
-        if tok_src is not None:
-            copy_tokenizer(tok_src, tmp)
+        plan.tokenizer.write(tmp)
         (tmp / "merge_config.yml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
 
 
