@@ -42,7 +42,7 @@ from otamerge.atomic import atomic_dir, check_space, write_safetensors
 from otamerge.checkpoint import Checkpoint
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.moments import META_KEY, OBS_KIND, Moments
+from otamerge.moments import META_KEY, OBS_KIND
 from otamerge.writer import ShardedWriter, TensorPlan
 
 HESSIAN_META = "otamerge_hessians"

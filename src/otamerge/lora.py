@@ -24,7 +24,6 @@ import torch
 
 from otamerge.checkpoint import Checkpoint
 from otamerge.errors import OtaMergeError
-from otamerge.moments import Moments
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

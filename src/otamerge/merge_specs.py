@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from otamerge.errors import OtaMergeError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 # FFG metric (a sweep folder's name, a merge's ``ffg``) -> (the saliency ``otamerge ffg``

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from otamerge.atomic import write_safetensors
 from otamerge.checkpoint import Checkpoint, row_ranges
 from otamerge.errors import OtaMergeError
+from otamerge.lora import is_adapter
 from otamerge.writer import ShardedWriter, TensorPlan
 
 META_KEY = "otamerge_moments"  # safetensors metadata of compressed files: kind, rank, source
@@ -136,8 +137,6 @@ def check_full_moments(moments: Moments, weights: Checkpoint, names: list[str], 
     try:
         moments.check_against(weights, names)
     except OtaMergeError as exc:
-        from otamerge.lora import is_adapter  # (lora imports this module)
-
         if is_adapter(model_dir):
             raise OtaMergeError(f"{exc}: {model_dir} is a LoRA adapter, whose optimizer moments cover its A and B "
                                 "factors; OTA and FFG with fisher need full-shape moments of every weight "
