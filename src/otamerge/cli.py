@@ -12,6 +12,7 @@ from typing import Sequence
 import yaml
 
 from otamerge.errors import OtaMergeError
+from otamerge.fisher_cli import add_fisher_parser
 
 
 def _cmd_demo_build(args: argparse.Namespace) -> None:
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--damping", type=float, default=0.01, help="added to H's diagonal, relative to its mean")
     im.add_argument("--quiet", action="store_true")
     im.set_defaults(func=_cmd_importance)
+    add_fisher_parser(sub)
     return p
 
 

@@ -1,0 +1,40 @@
+"""The ``otamerge fisher`` subcommand (kept here so that cli.py stays a table of stages)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def _cmd_fisher(args: argparse.Namespace) -> None:
+    import torch
+
+    from otamerge.fisher import FisherCalibration, write_fisher
+
+    cal = FisherCalibration(args.calibration, args.task, args.samples, args.batch_size, args.seqlen, args.seed,
+                            args.n_eval)
+    start = time.perf_counter()
+    meta = write_fisher(args.model, args.out, cal, args.device, not args.quiet, getattr(torch, args.dtype))
+    print(f"empirical Fisher of {args.model} from {meta['samples']} samples in {meta['batches']} batches "
+          f"({time.perf_counter() - start:.1f} s) written to {args.out}")
+
+
+def add_fisher_parser(sub) -> None:
+    """``otamerge fisher MODEL --out FILE (--calibration TEXT | --task NAME) ...``"""
+    f = sub.add_parser("fisher", help="empirical diagonal Fisher of a model in the moments format "
+                       "(for experts that ship no optimizer state)")
+    f.add_argument("model", help="model folder (weights and tokenizer)")
+    f.add_argument("--out", required=True, help="moments file to write (safetensors)")
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--calibration", help="calibration text (.txt, or .jsonl with a text field): windows of --seqlen")
+    src.add_argument("--task", help="a demo task: its training examples, loss on the answer")
+    f.add_argument("--samples", type=int, default=1024, help="calibration samples")
+    f.add_argument("--batch-size", type=int, default=1,
+                   help="samples per squared gradient: 1 is the per-sample Fisher (see otamerge.fisher)")
+    f.add_argument("--seqlen", type=int, default=128, help="tokens per text window")
+    f.add_argument("--seed", type=int, default=0, help="seed of the windows or task examples")
+    f.add_argument("--n-eval", type=int, default=100, help="demo: held-out prompts per task, never drawn")
+    f.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="of the model and gradients")
+    f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=_cmd_fisher)

@@ -1,0 +1,139 @@
+"""The empirical Fisher against a direct per-sample computation, and its refusals."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from otamerge.cli import main
+from otamerge.demo.model import make_batch, token_table
+from otamerge.demo.tokenizer import ALPHABET
+from otamerge.errors import OtaMergeError
+from otamerge.fisher import FisherCalibration, squared_gradients, task_examples, text_windows, write_fisher
+from otamerge.moments import Moments
+
+from checkpoints import make_family
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> dict[str, Path]:
+    return make_family(tmp_path_factory.mktemp("fam"), n_experts=1)
+
+
+def _text(path: Path, n: int) -> Path:
+    rng = random.Random(0)
+    path.write_text("".join(rng.choice(ALPHABET) for _ in range(n)))
+    return path
+
+
+def _direct(model_dir: Path, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Mean over batches of the squared gradient of each batch's loss, written plainly
+    with autograd.grad in fp64 (the model in fp64 too)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
+    names, params = zip(*model.named_parameters())
+    total = [torch.zeros_like(p) for p in params]
+    for ids, labels in batches:
+        grads = torch.autograd.grad(model(input_ids=ids, labels=labels).loss, params)
+        total = [t + g * g for t, g in zip(total, grads)]
+    return {n: t / len(batches) for n, t in zip(names, total)}
+
+
+def _close(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    assert ours.keys() == ref.keys()
+    for name, r in ref.items():
+        err = float((ours[name].double() - r).abs().max() / r.abs().max())
+        assert err < 1e-6, (name, err)
+        assert ours[name].dtype == torch.float32
+
+
+def test_per_sample_fisher_of_text_windows_matches_a_direct_loop(family, tmp_path):
+    expert = family["expert0"]
+    cal = FisherCalibration(path=str(_text(tmp_path / "cal.txt", 200)), samples=6, seqlen=8, seed=3)
+    out = tmp_path / "fisher.safetensors"
+    meta = write_fisher(expert, out, cal, device="cpu", progress=False)
+    windows = text_windows(AutoTokenizer.from_pretrained(expert), cal)
+    # distinct, non-overlapping windows of the text (one token per character here)
+    text = (tmp_path / "cal.txt").read_text()
+    starts = sorted(text.find("".join(ALPHABET[i - 4] for i in w.tolist())) for w in windows)
+    assert len(set(starts)) == 6 and all(s % 8 == 0 for s in starts)
+    ours = load_file(out)
+    _close(ours, _direct(expert, [(w[None], w[None]) for w in windows]))
+    assert meta["samples"] == 6 and meta["batches"] == 6 and meta["kind"] == "empirical_fisher"
+    # read as moments: every weight of the model has its curvature, same shape
+    mom = Moments(out, "fisher")
+    assert sorted(mom.ckpt.names()) == sorted(load_file(expert / "model.safetensors"))
+    assert float(mom.get("model.embed_tokens.weight").sum()) > 0
+
+
+def test_batched_fisher_squares_each_batch_mean_gradient(family, tmp_path):
+    expert = family["expert0"]
+    cal = FisherCalibration(task="add", samples=6, batch_size=3, seed=1, n_eval=10)
+    out = tmp_path / "fisher.safetensors"
+    write_fisher(expert, out, cal, device="cpu", progress=False)
+    tok = AutoTokenizer.from_pretrained(expert)
+    special = (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    examples = task_examples(cal)
+    assert all(p.endswith("=") and len(a) == 3 for p, a in examples)
+    batches = [make_batch(examples[i:i + 3], token_table(tok), *special) for i in (0, 3)]
+    _close(load_file(out), _direct(expert, batches))
+    # batch 1 is the per-sample Fisher, a different (larger) quantity
+    per_sample = tmp_path / "per_sample.safetensors"
+    write_fisher(expert, per_sample, FisherCalibration(task="add", samples=6, seed=1, n_eval=10), "cpu", False)
+    ratio = float(load_file(per_sample)["lm_head.weight"].sum() / load_file(out)["lm_head.weight"].sum())
+    assert ratio > 1.5
+
+
+def test_too_short_calibration_is_one_line_and_writes_nothing(family, tmp_path, capsys):
+    cal = _text(tmp_path / "cal.txt", 40)
+    out = tmp_path / "f.safetensors"
+    rc = main(["fisher", str(family["expert0"]), "--calibration", str(cal), "--samples", "6", "--seqlen", "8",
+               "--out", str(out), "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "\n" not in err
+    assert err == (f"otamerge: error: calibration file {cal} is too short: 40 tokens make 5 windows of 8, "
+                   "fewer than the 6 samples asked for")
+    assert list(tmp_path.iterdir()) == [cal]
+
+
+def test_nan_weight_is_one_line_and_writes_nothing(family, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in family["expert0"].iterdir():
+        if f.is_file():
+            (bad / f.name).write_bytes(f.read_bytes())
+    weights = load_file(bad / "model.safetensors")
+    weights["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(weights, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "f.safetensors"
+    rc = main(["fisher", str(bad), "--task", "add", "--samples", "4", "--out", str(out), "--quiet",
+               "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the weights' loading bar
+    assert rc == 1
+    assert err == f"otamerge: error: model {bad}: the loss of calibration batch 0 is nan (NaN or Inf weights?); " \
+                  "nothing written"
+    assert not out.exists() and not list(tmp_path.glob(".f.safetensors*"))
+
+
+def test_an_infinite_gradient_under_a_finite_loss_is_refused():
+    class Root(torch.nn.Module):  # d sqrt(w) / dw at w = 0 is inf, the loss is 0
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3))
+
+        def forward(self, input_ids, labels, use_cache):
+            return SimpleNamespace(loss=self.w.sqrt().sum())
+
+    batch = (torch.zeros(1, 2, dtype=torch.long),) * 2
+    with pytest.raises(OtaMergeError, match=r"^m: the gradient of w is NaN or Inf on the calibration set"):
+        squared_gradients(Root(), [batch], "m", progress=False)
+
+
+def test_samples_must_fill_whole_batches():
+    with pytest.raises(OtaMergeError, match="samples 10 is not a multiple of batch_size 4"):
+        FisherCalibration(task="add", samples=10, batch_size=4).check()
