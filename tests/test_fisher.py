@@ -8,9 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from otamerge import layout
 from otamerge.cli import main
 from otamerge.demo.model import make_batch, token_table
 from otamerge.demo.tokenizer import ALPHABET
@@ -19,6 +21,8 @@ from otamerge.fisher import FisherCalibration, squared_gradients, task_examples,
 from otamerge.moments import Moments
 
 from checkpoints import make_family
+from conftest import REPO, tiny_config
+from workflow_utils import job_counts, rule_resources, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +141,43 @@ def test_an_infinite_gradient_under_a_finite_loss_is_refused():
 def test_samples_must_fill_whole_batches():
     with pytest.raises(OtaMergeError, match="samples 10 is not a multiple of batch_size 4"):
         FisherCalibration(task="add", samples=10, batch_size=4).check()
+
+
+def test_dry_run_with_empirical_fisher_feeds_ffg_and_merges_from_it(tmp_path):
+    cfg = tiny_config()  # experts add and rev; merges ota_ffg and ties
+    cfg["ffg"]["metrics"] = ["fisher", "fisher_rank1"]
+    cfg["curvature"] = {"source": "empirical_fisher", "experts": {"rev": "adam"}, "samples": 256}
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stderr[-2000:]
+    counts = job_counts(res.stdout + res.stderr)
+    assert counts["empirical_fisher"] == 1 and counts["compress_moments"] == 2  # rev keeps its Adam moments
+    assert rule_resources(res.stdout, "empirical_fisher") == {"gpu": "0", "mem_mb": "2003", "runtime": "11"}
+    jobs = res.stdout.split("\n\n")
+    fisher = layout.fisher_moments(0, "add")
+    # the Fisher file is what FFG (full and rank-1 through compress_moments) and the merges read
+    assert any(f"rule ffg:\n    input: results/seed0/models/base, results/seed0/models/add, {fisher}" in j
+               for j in jobs)
+    assert any(f"rule compress_moments:\n    input: {fisher}" in j for j in jobs)
+    assert any("rule merge_config:" in j and fisher in j and "results/seed0/models/rev" in j for j in jobs)
+    assert not any(f"rule ffg:\n    input: results/seed0/models/base, results/seed0/models/add, "
+                   "results/seed0/models/add\n" in j for j in jobs)
+    cfg["curvature"]["source"] = "hessian"
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode != 0 and "'hessian' is not one of ['adam', 'empirical_fisher']" in res.stdout + res.stderr
+
+
+def test_hub_experts_with_empirical_fisher_need_no_preconditioner_but_calibration(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    expert = next(iter(cfg["models"]["experts"]))
+    del cfg["models"]["experts"][expert]["preconditioner"]  # a public fine-tune without optimizer state
+    cfg["curvature"] = {"experts": {expert: "empirical_fisher"}}
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode != 0
+    assert "curvature source empirical_fisher needs curvature.calibration" in res.stdout + res.stderr
+    (tmp_path / "cal.txt").write_text("text")
+    cfg["curvature"]["calibration"] = str(tmp_path / "cal.txt")
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert job_counts(res.stdout + res.stderr)["empirical_fisher"] == 1
+    assert f"input: results/seed0/models/{expert}, {tmp_path / 'cal.txt'}" in res.stdout
+    assert rule_resources(res.stdout, "empirical_fisher")["gpu"] == "1"

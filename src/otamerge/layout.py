@@ -105,6 +105,11 @@ def rank1_report(seed: Seed, expert: str) -> str:
     return f"{root(seed)}/moments/{expert}/rank1.json"
 
 
+def fisher_moments(seed: Seed, expert: str) -> str:
+    """An expert's empirical Fisher, its curvature where it has no optimizer state."""
+    return f"{root(seed)}/moments/{expert}/empirical_fisher.safetensors"
+
+
 def hessians_dir(seed: Seed) -> str:
     return f"{root(seed)}/importance/hessians"
 

@@ -80,13 +80,23 @@ def source(name, seed):
     return {k: layout.per_seed(v, seed) if k in ("source", "preconditioner") else v for k, v in spec.items()}
 
 
+# where each expert's curvature comes from: its optimizer's exp_avg_sq (adam, default) or
+# an empirical Fisher estimated here (curvature.source, per expert curvature.experts)
+CURVATURE = config.get("curvature", {})
+FISHER_EXPERTS = [e for e in EXPERTS if CURVATURE.get("experts", {}).get(e, CURVATURE.get("source", "adam"))
+                  == "empirical_fisher"]
+
+
 def moments_file(seed, expert, kind="full"):
-    """The expert's exp_avg_sq as downloaded, its rank-1 compression, or the base's OBS
-    importance (the same file for every expert of a seed)."""
+    """The expert's exp_avg_sq as downloaded or bias-corrected (or its empirical Fisher,
+    never bias-corrected), its rank-1 compression, or the base's OBS importance (the same
+    file for every expert of a seed)."""
     if kind == "sparsegpt":
         return layout.importance_file(seed)
     if kind == "rank1":
         return layout.rank1_moments(seed, expert)
+    if expert in FISHER_EXPERTS:
+        return layout.fisher_moments(seed, expert)
     if BIAS_CORRECTION:
         return layout.corrected_moments(seed, expert)
     return downloaded_moments(seed, expert)
@@ -99,7 +109,7 @@ def downloaded_moments(seed, expert):
 def moments_input(seed, expert, kind="full"):
     """What a job reading those moments depends on: downloaded moments live inside the
     expert's folder (a directory output), so the folder is the input."""
-    if kind == "full" and not BIAS_CORRECTION:
+    if kind == "full" and not BIAS_CORRECTION and expert not in FISHER_EXPERTS:
         return layout.model_dir(seed, expert)
     return moments_file(seed, expert, kind)
 
@@ -107,6 +117,13 @@ def moments_input(seed, expert, kind="full"):
 def optimizer_override(expert):
     """Adam's step count and beta2 for bias correction where the moments' metadata lacks them."""
     return {} if DEMO else config["models"]["experts"][expert].get("optimizer", {})
+
+
+def fisher_calibration(seed, expert):
+    """An expert's calibration text ({seed} and {expert} replaced), or None: the demo's
+    experts default to their own task's examples."""
+    path = CURVATURE.get("calibration")
+    return layout.per_seed(path, seed).replace("{expert}", expert) if path else None
 
 
 def download_input(wildcards):
@@ -225,10 +242,14 @@ def require_sections():
     # an expert without moments (e.g. a LoRA adapter) only where no job reads them
     needs = {e for e in EXPERTS if {"fisher", "fisher_rank1"} & set(METRICS)}
     needs |= {e for m, s in MERGES.items() if merge_moments_kind(s) in ("full", "rank1") for e in merge_experts(m)}
-    lacking = sorted(e for e in needs if DEMO is None and not config["models"]["experts"][e].get("preconditioner"))
+    lacking = sorted(e for e in needs if DEMO is None and e not in FISHER_EXPERTS
+                     and not config["models"]["experts"][e].get("preconditioner"))
     if lacking:
         raise ValueError(f"experts {', '.join(lacking)} have no preconditioner, which the fisher FFG metric, "
-                         "OTA and trim_by fisher read (use magnitude or sparsegpt for them)")
+                         "OTA and trim_by fisher read (use magnitude or sparsegpt for them, "
+                         "or curvature source empirical_fisher)")
+    if FISHER_EXPERTS and DEMO is None and "calibration" not in CURVATURE:
+        raise ValueError("curvature source empirical_fisher needs curvature.calibration (text) for hub or local experts")
     if "perplexity" in BACKENDS and not PERPLEXITY_TEXTS:
         raise ValueError("evaluation backend perplexity needs evaluation.perplexity.texts")
 

@@ -31,6 +31,7 @@ rule compress_moments:
     benchmark:
         layout.benchmark("compress_moments", "{seed}", "{expert}")
     params:
+        # downloaded, bias-corrected or the expert's empirical Fisher
         moments=lambda wc: moments_file(wc.seed, wc.expert),
     threads: 1
     resources:

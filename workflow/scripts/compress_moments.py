@@ -5,7 +5,7 @@ from otamerge.logs import to_file
 from otamerge.moments import Moments, compress
 
 with to_file(snakemake.log[0]):
-    moments = snakemake.params.moments  # downloaded (inside the expert's folder) or bias-corrected
+    moments = snakemake.params.moments  # downloaded (inside the expert's folder), bias-corrected, or an empirical Fisher
     src = Moments(moments, f"moments {moments}")
     names = sorted({k.removesuffix(".exp_avg_sq") for k in src.ckpt.names()})
     report = compress(src, names, Path(snakemake.output.moments), rank=1)
