@@ -69,6 +69,8 @@ def test_per_sample_fisher_of_text_windows_matches_a_direct_loop(family, tmp_pat
     ours = load_file(out)
     _close(ours, _direct(expert, [(w[None], w[None]) for w in windows]))
     assert meta["samples"] == 6 and meta["batches"] == 6 and meta["kind"] == "empirical_fisher"
+    write_fisher(expert, tmp_path / "again.safetensors", cal, device="cpu", progress=False)
+    assert (tmp_path / "again.safetensors").read_bytes() == out.read_bytes()  # same inputs, same bytes
     # read as moments: every weight of the model has its curvature, same shape
     mom = Moments(out, "fisher")
     assert sorted(mom.ckpt.names()) == sorted(load_file(expert / "model.safetensors"))
