@@ -183,3 +183,14 @@ def test_hub_experts_with_empirical_fisher_need_no_preconditioner_but_calibratio
     assert job_counts(res.stdout + res.stderr)["empirical_fisher"] == 1
     assert f"input: results/seed0/models/{expert}, {tmp_path / 'cal.txt'}" in res.stdout
     assert rule_resources(res.stdout, "empirical_fisher")["gpu"] == "1"
+
+
+def test_task_examples_never_draw_the_runs_held_out_prompts():
+    from otamerge.demo.tasks import eval_set
+
+    held = {p for p, _ in eval_set("add", 100, 0)}
+    drawn = {p for p, _ in task_examples(FisherCalibration(task="add", samples=2000, seed=5, heldout_seed=0))}
+    assert not drawn & held
+    # with the sampling seed taken for the run's, seed 0's held-out prompts are drawn
+    other = {p for p, _ in task_examples(FisherCalibration(task="add", samples=2000, seed=5))}
+    assert len(other & held) > 5

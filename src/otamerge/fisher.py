@@ -49,7 +49,8 @@ class FisherCalibration:
     batch_size: int = 1
     seqlen: int = 128      # tokens per text window
     seed: int = 0          # which windows or task examples
-    n_eval: int = 100      # the demo's held-out prompts per task, never drawn
+    n_eval: int = 100      # the demo's held-out prompts per task, never drawn...
+    heldout_seed: int | None = None  # ...those of this run seed (default: seed)
 
     def check(self) -> None:
         if (self.path is None) == (self.task is None):
@@ -79,7 +80,8 @@ def task_examples(cal: FisherCalibration) -> list[tuple[str, str]]:
     from otamerge.demo.tasks import train_sampler
     from otamerge.demo.train import held_out_prompts
 
-    sample = train_sampler(cal.task, restricted=False, exclude=held_out_prompts(cal.n_eval, cal.seed))
+    heldout = cal.seed if cal.heldout_seed is None else cal.heldout_seed
+    sample = train_sampler(cal.task, restricted=False, exclude=held_out_prompts(cal.n_eval, heldout))
     rng = random.Random(f"fisher/{cal.task}/{cal.seed}")
     return [sample(rng) for _ in range(cal.samples)]
 

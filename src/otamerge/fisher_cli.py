@@ -12,7 +12,7 @@ def _cmd_fisher(args: argparse.Namespace) -> None:
     from otamerge.fisher import FisherCalibration, write_fisher
 
     cal = FisherCalibration(args.calibration, args.task, args.samples, args.batch_size, args.seqlen, args.seed,
-                            args.n_eval)
+                            args.n_eval, args.heldout_seed)
     start = time.perf_counter()
     meta = write_fisher(args.model, args.out, cal, args.device, not args.quiet, getattr(torch, args.dtype))
     print(f"empirical Fisher of {args.model} from {meta['samples']} samples in {meta['batches']} batches "
@@ -34,6 +34,7 @@ def add_fisher_parser(sub) -> None:
     f.add_argument("--seqlen", type=int, default=128, help="tokens per text window")
     f.add_argument("--seed", type=int, default=0, help="seed of the windows or task examples")
     f.add_argument("--n-eval", type=int, default=100, help="demo: held-out prompts per task, never drawn")
+    f.add_argument("--heldout-seed", type=int, help="demo: the run seed of those held-out prompts (default --seed)")
     f.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="of the model and gradients")
     f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     f.add_argument("--quiet", action="store_true")
