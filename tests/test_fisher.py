@@ -194,3 +194,15 @@ def test_task_examples_never_draw_the_runs_held_out_prompts():
     # with the sampling seed taken for the run's, seed 0's held-out prompts are drawn
     other = {p for p, _ in task_examples(FisherCalibration(task="add", samples=2000, seed=5))}
     assert len(other & held) > 5
+
+
+def test_at_most_one_gradient_lives_at_a_time(family):
+    model = AutoModelForCausalLM.from_pretrained(family["expert0"]).eval()
+    params = list(model.parameters())
+    live = []
+    for p in params:  # registered first, so each runs before the Fisher's hook frees the gradient
+        p.register_post_accumulate_grad_hook(lambda _: live.append(sum(q.grad is not None for q in params)))
+    ids = torch.arange(4, 12)[None]
+    squared_gradients(model, [(ids, ids)] * 2, "m", progress=False)
+    assert len(live) == 2 * len(params) and max(live) == 1
+    assert all(p.grad is None for p in params)
