@@ -149,10 +149,12 @@ def test_dry_run_with_empirical_fisher_feeds_ffg_and_merges_from_it(tmp_path):
     cfg = tiny_config()  # experts add and rev; merges ota_ffg and ties
     cfg["ffg"]["metrics"] = ["fisher", "fisher_rank1"]
     cfg["curvature"] = {"source": "empirical_fisher", "experts": {"rev": "adam"}, "samples": 256}
+    cfg["moments"] = {"bias_correction": True}  # of Adam's moments only
     res = snakemake(tmp_path, "-n", config=cfg)
     assert res.returncode == 0, res.stderr[-2000:]
     counts = job_counts(res.stdout + res.stderr)
     assert counts["empirical_fisher"] == 1 and counts["compress_moments"] == 2  # rev keeps its Adam moments
+    assert counts["bias_correct_moments"] == 1
     assert rule_resources(res.stdout, "empirical_fisher") == {"gpu": "0", "mem_mb": "2003", "runtime": "11"}
     jobs = res.stdout.split("\n\n")
     fisher = layout.fisher_moments(0, "add")
