@@ -11,6 +11,7 @@ from otamerge.subsets import expand_merges
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+PAPER["merges"].update(yaml.safe_load((REPO / "config/paper-fisher.yaml").read_text())["merges"])
 # the expert folders tests/paper_configs maps the paper's hub ids and checkpoints onto
 FOLDER = {"math": 0, "coding_tulu3": 1, "precise_if": 2, "general": 3, "knowledge": 4, "coding": 5}
 # paper.yaml merge -> the paper's config it reproduces (config/README.md has the same table)
@@ -23,7 +24,7 @@ SOURCES = {
     "breadcrumbs_ties": "latest_llama_factory_breadcrumbs_ties", "breadcrumbs": "latest_llama_factory_breadcrumbs",
     "multislerp": "latest_llama_factory_multislerp", "sce": "latest_llama_factory_sce",
     "ablation_linear": "ablation_coding_math_linear", "ablation_ota": "ablation_coding_math_ota",
-    "ablation_ties": "ablation_coding_math_ties",
+    "ablation_ties": "ablation_coding_math_ties", "fisher_empirical": "hf_ota_ffg_fisher",
 }
 
 
@@ -72,7 +73,7 @@ def test_paper_yaml_merge_is_the_papers_config_value_for_value(name):
 def test_paper_yaml_sweeps_the_papers_ffg_graft_and_covers_every_merge_config():
     assert 0.3 in PAPER["ffg"]["densities"] and {"fisher", "magnitude"} <= set(PAPER["ffg"]["metrics"])
     assert "coding" in PAPER["models"]["experts"]
-    covered = set(SOURCES.values()) | {"FFG__ffg_fisher_coding", "FFG__ffg_magnitude_coding", "hf_ota_ffg_fisher"}
+    covered = set(SOURCES.values()) | {"FFG__ffg_fisher_coding", "FFG__ffg_magnitude_coding"}
     assert covered == {p.stem for p in (REPO / "tests/paper_configs").glob("*.yml")}
 
 
@@ -113,5 +114,5 @@ def test_ffg_fisher_rank1_alone_weighs_with_rank1_moments_and_a_disagreeing_mome
     assert moments_kind({"method": "ota", "ffg": "fisher"}) == "full"
     assert moments_kind({"method": "ota"}) == "full"
     for ffg, moments in (("fisher_rank1", "full"), ("fisher", "rank1")):
-        with pytest.raises(ValueError, match=f"merges.m: ffg {ffg} masks with .* but moments is {moments}"):
+        with pytest.raises(ValueError, match=f"merges.m: ffg {ffg} masks with .* moments but moments is {moments}"):
             expand_merges({"m": {"method": "ota", "ffg": ffg, "moments": moments}}, ["a", "b"])

@@ -63,6 +63,25 @@ def test_papers_config_validates_and_lists_the_whole_dag(tmp_path):
     assert rule_resources(res.stdout, "download") == {"mem_mb": "1000", "runtime": "91"}
 
 
+def test_papers_fisher_merging_estimates_each_experts_empirical_fisher(tmp_path):
+    """config/paper-fisher.yaml over paper.yaml: the Fisher merge weighs with the empirical
+    Fisher of its five experts, which no other merge reads."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    args = ["-n", "--configfile", str(tmp_path / "config/paper.yaml"), str(tmp_path / "config/paper-fisher.yaml"),
+            "--replace-workflow-config"]
+    res = snakemake(tmp_path, *args)
+    assert res.returncode != 0 and "data/calibration/math.txt" in res.stdout + res.stderr  # yours to supply
+    (tmp_path / "data/calibration").mkdir(parents=True)
+    for e in ("math", "coding", "precise_if", "general", "knowledge"):
+        (tmp_path / f"data/calibration/{e}.txt").write_text("text")
+    res = snakemake(tmp_path, *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    counts = job_counts(res.stdout + res.stderr)
+    assert counts["empirical_fisher"] == 5 and counts["merge"] == 19 and counts["compress_moments"] == 5
+    assert "results/seed0/moments/general/empirical_fisher.safetensors" in res.stdout
+    assert rule_resources(res.stdout, "empirical_fisher")["gpu"] == "1"
+
+
 def test_an_expert_without_moments_is_refused_only_where_they_are_read(tmp_path):
     cfg = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     expert = next(iter(cfg["models"]["experts"]))

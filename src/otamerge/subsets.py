@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from otamerge.merge_specs import FFG_METRICS
+
 ALL = "all"  # the subset column of a merge of every expert it is configured with
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -46,10 +48,10 @@ def _merge_experts(name: str, spec: dict[str, Any], experts: Sequence[str]) -> t
         if outside:
             raise ValueError(f"merges.{name}.{key}: {', '.join(outside)} not among the experts it merges "
                              f"({', '.join(chosen)})")
-    rank1_masks = spec.get("ffg") == "fisher_rank1"
-    if spec.get("ffg") and spec.get("moments") and (spec["moments"] == "rank1") != rank1_masks:
-        raise ValueError(f"merges.{name}: ffg {spec['ffg']} masks with {'rank-1' if rank1_masks else 'full'} moments "
-                         f"but moments is {spec['moments']}; leave moments out (ffg sets it)")
+    ffg_moments = FFG_METRICS[spec["ffg"]][1] if spec.get("ffg") else None
+    if ffg_moments and spec.get("moments") and spec["moments"] != ffg_moments:
+        raise ValueError(f"merges.{name}: ffg {spec['ffg']} masks with {ffg_moments} moments but moments is "
+                         f"{spec['moments']}; leave moments out (ffg sets it)")
     if spec.get("thresholds") and spec["method"] != "ota":
         raise ValueError(f"merges.{name}.thresholds: fixed FFG thresholds mask OTA merges only, not {spec['method']}")
     return chosen

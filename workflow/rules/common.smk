@@ -85,6 +85,11 @@ def source(name, seed):
 CURVATURE = config.get("curvature", {})
 FISHER_EXPERTS = [e for e in EXPERTS if CURVATURE.get("experts", {}).get(e, CURVATURE.get("source", "adam"))
                   == "empirical_fisher"]
+# experts whose empirical Fisher some job reads: those above, and the experts of merges that
+# weigh with it (merges.<name>.moments: empirical_fisher, the paper's Fisher merging)
+FISHER_NEEDED = sorted(set(FISHER_EXPERTS) | {e for m, spec in MERGES.items()
+                                              if merge_moments_kind(spec) == "empirical_fisher"
+                                              for e in MERGE_INFO[m].experts})
 
 
 def moments_file(seed, expert, kind="full"):
@@ -95,7 +100,7 @@ def moments_file(seed, expert, kind="full"):
         return layout.importance_file(seed)
     if kind == "rank1":
         return layout.rank1_moments(seed, expert)
-    if expert in FISHER_EXPERTS:
+    if kind == "empirical_fisher" or expert in FISHER_EXPERTS:
         return layout.fisher_moments(seed, expert)
     if BIAS_CORRECTION:
         return layout.corrected_moments(seed, expert)
@@ -248,7 +253,7 @@ def require_sections():
         raise ValueError(f"experts {', '.join(lacking)} have no preconditioner, which the fisher FFG metric, "
                          "OTA and trim_by fisher read (use magnitude or sparsegpt for them, "
                          "or curvature source empirical_fisher)")
-    if FISHER_EXPERTS and DEMO is None and "calibration" not in CURVATURE:
+    if FISHER_NEEDED and DEMO is None and "calibration" not in CURVATURE:
         raise ValueError("curvature source empirical_fisher needs curvature.calibration (text) for hub or local experts")
     if "perplexity" in BACKENDS and not PERPLEXITY_TEXTS:
         raise ValueError("evaluation backend perplexity needs evaluation.perplexity.texts")

@@ -1,6 +1,7 @@
 # Empirical Fisher in place of an expert's Adam moments (curvature.source or
-# curvature.experts: empirical_fisher); FFG, OTA and trim_by fisher read it as moments
-if FISHER_EXPERTS:
+# curvature.experts: empirical_fisher; FFG, OTA and trim_by fisher read it as moments), or
+# for the merges that weigh with it (merges.<name>.moments: empirical_fisher)
+if FISHER_NEEDED:
 
     rule empirical_fisher:
         input:
@@ -13,7 +14,7 @@ if FISHER_EXPERTS:
         benchmark:
             layout.benchmark("empirical_fisher", "{seed}", "{expert}")
         wildcard_constraints:
-            expert=alternatives(FISHER_EXPERTS),
+            expert=alternatives(FISHER_NEEDED),
         params:
             # without a calibration text, a demo expert's own task (loss on its answers)
             task=lambda wc: None if fisher_calibration(wc.seed, wc.expert) else TASK[wc.expert],
