@@ -126,6 +126,8 @@ def test_lint_is_clean():
     (lambda c: c.pop("evaluation"), "'evaluation' is a required property"),
     (lambda c: c["demo"]["experts"]["add"].update(task="sum"), "'sum' is not one of"),
     (lambda c: c["demo"]["base"].update(stpes=3), "'stpes' was unexpected"),
+    (lambda c: c["merges"]["ota_ffg"].update(thresholds={"add": 1e-12}), "should not be valid"),
+    (lambda c: c["merges"]["ota"].update(thresholds={"add": -1.0}), "less than or equal to the minimum of 0"),
 ])
 def test_schema_rejects_bad_values_naming_the_key(change, message):
     cfg = default_config()
