@@ -13,7 +13,8 @@ from checkpoints import MOMENTS, make_family
 from otamerge.checkpoint import Checkpoint
 from otamerge.errors import OtaMergeError
 from otamerge.ffg import FfgOptions, ffg_sweep
-from otamerge.hessians import Calibration, calibration_tokens, hessians_cached, write_importance
+from otamerge.calibration import Calibration, calibration_tokens, read_text
+from otamerge.hessians import hessians_cached, write_importance
 from otamerge.moments import Moments
 
 QUIET = FfgOptions(progress=False, chunk_bytes=1024)
@@ -156,7 +157,7 @@ def test_importance_and_metric_must_match_and_calibration_errors_are_clear(fam, 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ab"}\n[1]\n')
     with pytest.raises(OtaMergeError, match=r"bad.jsonl, line 2: not a JSON object"):
-        hs.read_text(bad)
+        read_text(bad)
     with pytest.raises(OtaMergeError, match="fewer than seqlen"):
         calibration_tokens(AutoTokenizer.from_pretrained(fam["base"]), Calibration(str(fam["calibration"]), 1, 10**6))
     assert not (tmp_path / "o").exists()

@@ -55,7 +55,8 @@ def _cmd_perplexity(args: argparse.Namespace) -> None:
 
 
 def _cmd_hessians(args: argparse.Namespace) -> None:
-    from otamerge.hessians import Calibration, hessians_cached
+    from otamerge.calibration import Calibration
+    from otamerge.hessians import hessians_cached
 
     cal = Calibration(args.calibration, args.samples, args.seqlen, args.seed)
     hessians, cached = hessians_cached(args.base, cal, args.out, progress=not args.quiet, device=args.device)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from otamerge.atomic import write_safetensors
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.hessians import read_text
+from otamerge.calibration import read_text
 
 FISHER_META = "otamerge_fisher"  # one metadata key: several would vary the header's order
 Batch = tuple[torch.Tensor, torch.Tensor]  # input ids, labels (-100: no loss)

@@ -1,6 +1,7 @@
 import torch
 
-from otamerge.hessians import Calibration, hessians_cached
+from otamerge.calibration import Calibration
+from otamerge.hessians import hessians_cached
 from otamerge.logs import to_file
 
 with to_file(snakemake.log[0]):
