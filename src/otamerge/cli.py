@@ -174,10 +174,8 @@ def _streaming_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="otamerge", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_model_commands(sub) -> None:
+    """Subcommands that build, fetch and merge models."""
     d = sub.add_parser("demo-build", help="train the demo base and experts (CPU, minutes)")
     d.add_argument("out", help="output folder (base/ and experts/<name>/ are created in it)")
     d.add_argument("--config", default="config/config.yaml", help="workflow config with a demo section")
@@ -200,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     _streaming_options(m)
     m.set_defaults(func=_cmd_merge)
 
+
+def _add_ffg_commands(sub) -> None:
+    """FFG grafts, moment compression and threshold extraction."""
     f = sub.add_parser("ffg", help="Fast Fisher Grafting of one expert at one or more densities")
     f.add_argument("--base", required=True, help="base model folder")
     f.add_argument("--expert", required=True, help="expert model folder")
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--table", help="CSV of the choices made and why")
     t.set_defaults(func=_cmd_thresholds)
 
+
+def _add_evaluation_commands(sub) -> None:
+    """Scores of a model folder."""
     e = sub.add_parser("evaluate", help="score a model folder on the demo tasks (built-in backend)")
     e.add_argument("model_dir")
     e.add_argument("--name", help="model name in the score rows (default: folder name)")
@@ -249,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--out", help="write the score rows to this JSON file")
     pp.set_defaults(func=_cmd_perplexity)
 
+
+def _add_curvature_commands(sub) -> None:
+    """The base's calibration Hessians and the OBS importance."""
     h = sub.add_parser("hessians", help="calibration Hessians X^T X of the base's linear layers (cached)")
     h.add_argument("base", help="base model folder")
     h.add_argument("out", help="Hessian cache folder (sharded safetensors); reused when base and calibration are the same")
@@ -267,7 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--damping", type=float, default=0.01, help="added to H's diagonal, relative to its mean")
     im.add_argument("--quiet", action="store_true")
     im.set_defaults(func=_cmd_importance)
-    add_fisher_parser(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="otamerge", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_model_commands, _add_ffg_commands, _add_evaluation_commands, _add_curvature_commands,
+                add_fisher_parser):
+        add(sub)
     return p
 
 
