@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from otamerge import layout
+from otamerge.workflow import layout
 from otamerge.evaluation.builtin import evaluate, load_model
 from otamerge.merge import MergeOptions, merge_file
-from otamerge.moments import Moments, correct_bias
-from otamerge.retention import gain_ratio
+from otamerge.curvature.moments import Moments, correct_bias
+from otamerge.report.retention import gain_ratio
 
 MERGES = ["ota_ffg", "ota", "fisher", "ota_ffg_linear"]
 # steps of the paper's checkpoints (math 2611, coding 1111, precise_if 234, general 912,

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from otamerge.demo.build import build_family
 from otamerge.demo.train import MOMENTS_FILE
-from otamerge.retention import gain_ratio
+from otamerge.report.retention import gain_ratio
 from otamerge.evaluation.builtin import evaluate, load_model
 
 def _set(cfg: dict, assignment: str) -> None:

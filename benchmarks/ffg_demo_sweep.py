@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from otamerge import layout
+from otamerge.workflow import layout
 from otamerge.demo.train import MOMENTS_FILE
 from otamerge.evaluation.builtin import evaluate, load_model
-from otamerge.ffg import FfgOptions, ffg_sweep
+from otamerge.ffg.graft import FfgOptions, ffg_sweep
 
 DENSITIES = [0.01, 0.02, 0.05, 0.1, 0.2, 1.0]
 

@@ -3,7 +3,7 @@
     python benchmarks/fisher_demo.py [--demo resources/demo] [--seed 0] [--samples 1024]
 
 For each expert of a built demo seed (`make demo`), the empirical Fisher of its own task
-(otamerge.fisher, per-sample, and with batch_size 128 as in the paper's file name) is timed
+(otamerge.curvature.fisher, per-sample, and with batch_size 128 as in the paper's file name) is timed
 and written; then, in memory (as benchmarks/demo_design.py does), FFG grafts at the
 config's densities and density 1 with each curvature and with magnitude are scored on the
 expert's own task, and OTA+FFG (densities chosen as the workflow's auto mode does), OTA
@@ -24,11 +24,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from otamerge import layout
+from otamerge.workflow import layout
 from otamerge.demo.train import MOMENTS_FILE
 from otamerge.evaluation.builtin import evaluate, load_model
-from otamerge.fisher import FisherCalibration, write_fisher
-from otamerge.retention import gain_ratio
+from otamerge.curvature.fisher import FisherCalibration, write_fisher
+from otamerge.report.retention import gain_ratio
 
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_design import _state, _threshold, merges  # noqa: E402  (the in-memory merges)

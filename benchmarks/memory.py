@@ -27,7 +27,7 @@ from synthetic import llama_shapes, write_family  # noqa: E402
 # a child of a process that just generated a gigabyte of checkpoints would report that.
 CHILD = """
 import sys
-from otamerge.ffg import FfgOptions, ffg_sweep
+from otamerge.ffg.graft import FfgOptions, ffg_sweep
 from otamerge.merge import MergeOptions, merge_file
 what, chunk = sys.argv[1], int(float(sys.argv[2]) * 2**20)
 if what == "merge":

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from otamerge.demo.build import build_family
-from otamerge.seeds import config_seeds
+from otamerge.workflow.seeds import config_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 

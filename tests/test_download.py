@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from checkpoints import MOMENTS, make_family
 from hub_server import HubServer, commit_sha, point_client_at
-from otamerge import download as dl
+from otamerge.io import download as dl
 from otamerge.cli import main
 from otamerge.errors import OtaMergeError
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from checkpoints import MOMENTS, make_family
-from otamerge.checkpoint import INDEX_FILE, Checkpoint
+from otamerge.io.checkpoint import INDEX_FILE, Checkpoint
 from otamerge.cli import main
 from otamerge.errors import OtaMergeError
 

@@ -7,9 +7,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from checkpoints import MOMENTS, make_family
-from otamerge.checkpoint import Checkpoint
+from otamerge.io.checkpoint import Checkpoint
 from otamerge.cli import main
-from otamerge.ffg import FfgOptions, ffg_sweep
+from otamerge.ffg.graft import FfgOptions, ffg_sweep
 
 QUIET = FfgOptions(progress=False, chunk_bytes=1024)
 

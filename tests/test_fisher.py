@@ -12,13 +12,13 @@ import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from otamerge import layout
+from otamerge.workflow import layout
 from otamerge.cli import main
 from otamerge.demo.model import make_batch, token_table
 from otamerge.demo.tokenizer import ALPHABET
 from otamerge.errors import OtaMergeError
-from otamerge.fisher import FisherCalibration, squared_gradients, task_examples, text_windows, write_fisher
-from otamerge.moments import Moments
+from otamerge.curvature.fisher import FisherCalibration, squared_gradients, task_examples, text_windows, write_fisher
+from otamerge.curvature.moments import Moments
 
 from checkpoints import make_family
 from conftest import REPO, tiny_config

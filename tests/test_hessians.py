@@ -8,14 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import otamerge.hessians as hs
+import otamerge.curvature.hessians as hs
 from checkpoints import MOMENTS, make_family
-from otamerge.checkpoint import Checkpoint
+from otamerge.io.checkpoint import Checkpoint
 from otamerge.errors import OtaMergeError
-from otamerge.ffg import FfgOptions, ffg_sweep
-from otamerge.calibration import Calibration, calibration_tokens, read_text
-from otamerge.hessians import hessians_cached, write_importance
-from otamerge.moments import Moments
+from otamerge.ffg.graft import FfgOptions, ffg_sweep
+from otamerge.curvature.calibration import Calibration, calibration_tokens, read_text
+from otamerge.curvature.hessians import hessians_cached, write_importance
+from otamerge.curvature.moments import Moments
 
 QUIET = FfgOptions(progress=False, chunk_bytes=1024)
 

@@ -1,4 +1,4 @@
-"""The one module that says where the workflow's files live (otamerge.layout), the seeds
+"""The one module that says where the workflow's files live (otamerge.workflow.layout), the seeds
 a config runs, and that the DAG-building modules stay free of torch."""
 
 import subprocess
@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from otamerge import layout
-from otamerge.seeds import config_seeds
+from otamerge.workflow import layout
+from otamerge.workflow.seeds import config_seeds
 
 
 def test_one_function_gives_both_the_rule_pattern_and_the_path():
@@ -88,7 +88,7 @@ def test_bad_seeds_are_refused(cfg, message):
 def test_the_modules_the_dag_build_reads_import_no_torch():
     """The workflow imports these while building the DAG on the submitting node: they must
     stay light (no torch)."""
-    code = ("import sys; import otamerge.layout, otamerge.seeds, otamerge.subsets, otamerge.densities, "
-            "otamerge.merge_specs, otamerge.demo.settings; print('torch' in sys.modules)")
+    code = ("import sys; import otamerge.workflow.layout, otamerge.workflow.seeds, otamerge.workflow.subsets, otamerge.ffg.densities, "
+            "otamerge.workflow.merge_specs, otamerge.demo.settings; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

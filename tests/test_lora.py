@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from checkpoints import MOMENTS, make_family
-from otamerge.checkpoint import Checkpoint
+from otamerge.io.checkpoint import Checkpoint
 from otamerge.errors import OtaMergeError
-from otamerge.ffg import FfgOptions, ffg_sweep
-from otamerge.lora import LoraExpert
+from otamerge.ffg.graft import FfgOptions, ffg_sweep
+from otamerge.io.lora import LoraExpert
 from otamerge.merge import MergeOptions, merge_file
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from checkpoints import MOMENTS, make_family
-from otamerge.checkpoint import Checkpoint
+from otamerge.io.checkpoint import Checkpoint
 from otamerge.cli import main
 from otamerge.config import parse_config
 from otamerge.merge import MergeOptions, run_merge
@@ -219,7 +219,7 @@ tokenizer_source: union
 
 
 def test_hub_style_preconditioner_paths_split_into_repo_and_file():
-    from otamerge.resolve import split_hub_path
+    from otamerge.io.resolve import split_hub_path
 
     assert split_hub_path("pmahdavi/Llama-3.1-8B-math-reasoning/export/exp_avg_sq.safetensors") == (
         "pmahdavi/Llama-3.1-8B-math-reasoning", "export/exp_avg_sq.safetensors")

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from otamerge.config import parse_config
-from otamerge.merge_specs import FFG_METRICS, merge_template, moments_kind
-from otamerge.subsets import expand_merges
+from otamerge.workflow.merge_specs import FFG_METRICS, merge_template, moments_kind
+from otamerge.workflow.subsets import expand_merges
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = yaml.safe_load((REPO / "config/paper.yaml").read_text())

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from checkpoints import make_family
 from otamerge.cli import main
 from otamerge.errors import OtaMergeError
-from otamerge.moments import (BIAS_KEY, OPTIMIZER_KEY, Moments, compress, correct_bias, optimizer_moments,
+from otamerge.curvature.moments import (BIAS_KEY, OPTIMIZER_KEY, Moments, compress, correct_bias, optimizer_moments,
                               parameter_names)
 
 

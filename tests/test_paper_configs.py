@@ -11,9 +11,9 @@ import yaml
 from safetensors.torch import load_file
 
 from checkpoints import MOMENTS, make_family
-from otamerge.checkpoint import Checkpoint
+from otamerge.io.checkpoint import Checkpoint
 from otamerge.errors import OtaMergeError
-from otamerge.ffg import FfgOptions, ffg_sweep
+from otamerge.ffg.graft import FfgOptions, ffg_sweep
 from otamerge.merge import MergeOptions, merge_file
 
 CONFIGS = sorted((Path(__file__).parent / "paper_configs").glob("*.yml"))

@@ -6,11 +6,11 @@ import math
 import pandas as pd
 import pytest
 
-from otamerge import layout
-from otamerge import retention as ret
-from otamerge.intervals import interval
-from otamerge.subsets import MergeInfo
-from otamerge.summary import write_retention
+from otamerge.workflow import layout
+from otamerge.report import retention as ret
+from otamerge.report.intervals import interval
+from otamerge.workflow.subsets import MergeInfo
+from otamerge.report.summary import write_retention
 
 # df 2 in closed form: t = (2p - 1) / sqrt(2 p (1 - p)) at p = 0.975
 T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)

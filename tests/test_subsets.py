@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from otamerge.subsets import ALL, MergeInfo, expand_merges
+from otamerge.workflow.subsets import ALL, MergeInfo, expand_merges
 
 EXPERTS = ["add", "rev", "facts"]
 MERGES = {"ota_ffg": {"method": "ota", "ffg": "fisher", "parameters": {"power": 0.5}},

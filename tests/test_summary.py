@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from otamerge import layout, plots
-from otamerge.summary import SCORE_COLUMNS, load_scores, matrix_over_seeds, write_summary, write_sweep
+from otamerge.workflow import layout
+
+from otamerge.report import plots
+from otamerge.report.summary import SCORE_COLUMNS, load_scores, matrix_over_seeds, write_summary, write_sweep
 
 TASKS = {"add": "add", "rev": "reverse"}
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from otamerge.threshold import exact_thresholds, keep_count
+from otamerge.ffg.threshold import exact_thresholds, keep_count
 
 
 def _data(seed):

@@ -17,7 +17,7 @@ from checkpoints import MOMENTS, add_tokens, make_family, swap_tokens
 from otamerge.cli import main
 from otamerge.config import parse_config
 from otamerge.merge import MergeOptions, run_merge
-from otamerge.tokenizer_source import TOKENIZER_FILES
+from otamerge.io.tokenizer_source import TOKENIZER_FILES
 
 QUIET = MergeOptions(progress=False)
 WEIGHTS = (0.5, 0.3, 0.7)

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from otamerge import layout
-from otamerge.checkpoint import Checkpoint
+from otamerge.workflow import layout
+from otamerge.io.checkpoint import Checkpoint
 
 from conftest import REPO, build_tiny, default_config, tiny_config
 from workflow_utils import job_counts, most_threads_at_once, rule_resources, snakemake

@@ -17,7 +17,7 @@ from otamerge.fisher_cli import add_fisher_parser
 
 def _cmd_demo_build(args: argparse.Namespace) -> None:
     from otamerge.demo.build import build_family
-    from otamerge.seeds import config_seeds
+    from otamerge.workflow.seeds import config_seeds
 
     with open(args.config) as fh:
         cfg = yaml.safe_load(fh)
@@ -35,7 +35,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _write_rows(rows: list[dict], out: str | None) -> None:
-    from otamerge.atomic import write_json
+    from otamerge.io.atomic import write_json
 
     if out:
         write_json(out, rows)
@@ -55,8 +55,8 @@ def _cmd_perplexity(args: argparse.Namespace) -> None:
 
 
 def _cmd_hessians(args: argparse.Namespace) -> None:
-    from otamerge.calibration import Calibration
-    from otamerge.hessians import hessians_cached
+    from otamerge.curvature.calibration import Calibration
+    from otamerge.curvature.hessians import hessians_cached
 
     cal = Calibration(args.calibration, args.samples, args.seqlen, args.seed)
     hessians, cached = hessians_cached(args.base, cal, args.out, progress=not args.quiet, device=args.device)
@@ -65,7 +65,7 @@ def _cmd_hessians(args: argparse.Namespace) -> None:
 
 
 def _cmd_importance(args: argparse.Namespace) -> None:
-    from otamerge.hessians import write_importance
+    from otamerge.curvature.hessians import write_importance
 
     meta = write_importance(args.hessians, args.base, args.out, args.damping, progress=not args.quiet)
     info = meta["source_metadata"]
@@ -94,7 +94,7 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
 
 
 def _cmd_ffg(args: argparse.Namespace) -> None:
-    from otamerge.ffg import FfgOptions, ffg_sweep
+    from otamerge.ffg.graft import FfgOptions, ffg_sweep
 
     opts = FfgOptions(chunk_bytes=int(args.chunk_mb * (1 << 20)),
                       out_shard_bytes=int(args.out_shard_size * (1 << 30)), progress=not args.quiet,
@@ -107,8 +107,8 @@ def _cmd_ffg(args: argparse.Namespace) -> None:
 
 
 def _cmd_compress(args: argparse.Namespace) -> None:
-    from otamerge.atomic import write_json
-    from otamerge.moments import Moments, compress, optimizer_moments, parameter_names
+    from otamerge.io.atomic import write_json
+    from otamerge.curvature.moments import Moments, compress, optimizer_moments, parameter_names
 
     src = Path(args.input)
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,8 +133,8 @@ def _cmd_compress(args: argparse.Namespace) -> None:
 def _cmd_thresholds(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from otamerge.atomic import atomic_file
-    from otamerge.density_choice import sweep_statistics, thresholds_config
+    from otamerge.io.atomic import atomic_file
+    from otamerge.ffg.density_choice import sweep_statistics, thresholds_config
 
     sweeps = _pairs(args.expert, "--expert")
     fixed = {k: float(v) for k, v in _pairs(args.density, "--density").items()}
@@ -158,7 +158,7 @@ def _cmd_thresholds(args: argparse.Namespace) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
-    from otamerge.download import Source, download
+    from otamerge.io.download import Source, download
 
     src = Source(name=args.name or args.source, ref=args.source, revision=args.revision,
                  preconditioner=args.preconditioner)

@@ -9,7 +9,7 @@ import time
 def _cmd_fisher(args: argparse.Namespace) -> None:
     import torch
 
-    from otamerge.fisher import FisherCalibration, write_fisher
+    from otamerge.curvature.fisher import FisherCalibration, write_fisher
 
     cal = FisherCalibration(args.calibration, args.task, args.samples, args.batch_size, args.seqlen, args.seed,
                             args.n_eval, args.heldout_seed)
@@ -30,7 +30,7 @@ def add_fisher_parser(sub) -> None:
     src.add_argument("--task", help="a demo task: its training examples, loss on the answer")
     f.add_argument("--samples", type=int, default=1024, help="calibration samples")
     f.add_argument("--batch-size", type=int, default=1,
-                   help="samples per squared gradient: 1 is the per-sample Fisher (see otamerge.fisher)")
+                   help="samples per squared gradient: 1 is the per-sample Fisher (see otamerge.curvature.fisher)")
     f.add_argument("--seqlen", type=int, default=128, help="tokens per text window")
     f.add_argument("--seed", type=int, default=0, help="seed of the windows or task examples")
     f.add_argument("--n-eval", type=int, default=100, help="demo: held-out prompts per task, never drawn")

@@ -16,18 +16,18 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from otamerge.atomic import atomic_dir, check_space
-from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
+from otamerge.io.atomic import atomic_dir, check_space
+from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.config import MergeConfig
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.lora import open_model
+from otamerge.io.lora import open_model
 from otamerge.methods.base import TensorInputs
-from otamerge.model_config import read_config
-from otamerge.moments import Moments, check_full_moments, check_importance_kind
-from otamerge.resolve import resolve_model, resolve_preconditioner
-from otamerge.tokenizer_source import TokenizerPlan, plan_tokenizer
-from otamerge.writer import ShardedWriter, TensorPlan
+from otamerge.io.model_config import read_config
+from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
+from otamerge.io.resolve import resolve_model, resolve_preconditioner
+from otamerge.io.tokenizer_source import TokenizerPlan, plan_tokenizer
+from otamerge.io.writer import ShardedWriter, TensorPlan
 
 MiB = 1 << 20
 
@@ -164,7 +164,7 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
 
 def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
     from otamerge.config import load_config, read_config
-    from otamerge.ffg_config import run_ffg_config
+    from otamerge.ffg.paper_config import run_ffg_config
 
     raw = read_config(config_path)
     if isinstance(raw, dict) and raw.get("merge_method") == "ffg":  # the paper's configs/FFG: one graft

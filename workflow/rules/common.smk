@@ -4,13 +4,13 @@ import re
 
 from snakemake.utils import validate
 
-from otamerge import layout
+from otamerge.workflow import layout
 from otamerge.demo.settings import base_data, expert_config
-from otamerge.densities import density_label
-from otamerge.merge_specs import FFG_METRICS
-from otamerge.merge_specs import moments_kind as merge_moments_kind
-from otamerge.seeds import config_seeds
-from otamerge.subsets import ALL, expand_merges
+from otamerge.ffg.densities import density_label
+from otamerge.workflow.merge_specs import FFG_METRICS
+from otamerge.workflow.merge_specs import moments_kind as merge_moments_kind
+from otamerge.workflow.seeds import config_seeds
+from otamerge.workflow.subsets import ALL, expand_merges
 
 
 validate(config, schema="../schemas/config.schema.yaml")

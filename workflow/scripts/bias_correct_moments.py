@@ -1,5 +1,5 @@
 from otamerge.logs import to_file
-from otamerge.moments import Moments, correct_bias
+from otamerge.curvature.moments import Moments, correct_bias
 
 with to_file(snakemake.log[0]):
     moments = snakemake.params.moments

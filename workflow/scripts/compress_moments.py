@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from otamerge.atomic import write_json
+from otamerge.io.atomic import write_json
 from otamerge.logs import to_file
-from otamerge.moments import Moments, compress
+from otamerge.curvature.moments import Moments, compress
 
 with to_file(snakemake.log[0]):
     moments = snakemake.params.moments  # downloaded (inside the expert's folder), bias-corrected, or an empirical Fisher

@@ -1,4 +1,4 @@
-from otamerge.download import Source, download
+from otamerge.io.download import Source, download
 from otamerge.logs import to_file
 
 with to_file(snakemake.log[0]):

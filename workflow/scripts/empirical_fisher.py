@@ -2,7 +2,7 @@ import time
 
 import torch
 
-from otamerge.fisher import FisherCalibration, write_fisher
+from otamerge.curvature.fisher import FisherCalibration, write_fisher
 from otamerge.logs import to_file
 
 with to_file(snakemake.log[0]):

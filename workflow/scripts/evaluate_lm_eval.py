@@ -1,4 +1,4 @@
-from otamerge.atomic import write_json
+from otamerge.io.atomic import write_json
 from otamerge.evaluation.lm_eval import evaluate
 from otamerge.logs import to_file
 

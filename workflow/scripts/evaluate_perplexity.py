@@ -1,4 +1,4 @@
-from otamerge.atomic import write_json
+from otamerge.io.atomic import write_json
 from otamerge.evaluation import perplexity
 from otamerge.evaluation.builtin import load_model
 from otamerge.logs import to_file

@@ -1,6 +1,6 @@
-from otamerge.ffg import ffg_graft
+from otamerge.ffg.graft import ffg_graft
 from otamerge.logs import to_file
-from otamerge.merge_specs import FFG_METRICS
+from otamerge.workflow.merge_specs import FFG_METRICS
 
 with to_file(snakemake.log[0]):
     saliency, _ = FFG_METRICS[snakemake.wildcards.metric]  # fisher_rank1: fisher from rank-1 moments

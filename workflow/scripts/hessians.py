@@ -1,7 +1,7 @@
 import torch
 
-from otamerge.calibration import Calibration
-from otamerge.hessians import hessians_cached
+from otamerge.curvature.calibration import Calibration
+from otamerge.curvature.hessians import hessians_cached
 from otamerge.logs import to_file
 
 with to_file(snakemake.log[0]):

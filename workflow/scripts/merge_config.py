@@ -1,11 +1,11 @@
 import pandas as pd
 import yaml
 
-from otamerge.atomic import atomic_file
-from otamerge.density_choice import read_statistics, thresholds_config
-from otamerge.layout import graft_name, graft_statistics
+from otamerge.io.atomic import atomic_file
+from otamerge.ffg.density_choice import read_statistics, thresholds_config
+from otamerge.workflow.layout import graft_name, graft_statistics
 from otamerge.logs import to_file
-from otamerge.merge_specs import merge_template, own_task_scores
+from otamerge.workflow.merge_specs import merge_template, own_task_scores
 
 COLUMNS = ["expert", "mode", "density", "threshold", "achieved_density", "metric", "score", "expert_score",
            "reason"]

@@ -1,7 +1,8 @@
-from otamerge import layout, plots
-from otamerge.checkpoint import Checkpoint
+from otamerge.workflow import layout
+from otamerge.report import plots
+from otamerge.io.checkpoint import Checkpoint
 from otamerge.logs import to_file
-from otamerge.moments import Moments
+from otamerge.curvature.moments import Moments
 
 with to_file(snakemake.log[0]):
     inp, out, p = snakemake.input, snakemake.output, snakemake.params

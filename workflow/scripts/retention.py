@@ -1,5 +1,5 @@
 from otamerge.logs import to_file
-from otamerge.summary import write_retention
+from otamerge.report.summary import write_retention
 
 with to_file(snakemake.log[0]):
     out = snakemake.output

@@ -1,4 +1,4 @@
-from otamerge.hessians import write_importance
+from otamerge.curvature.hessians import write_importance
 from otamerge.logs import to_file
 
 with to_file(snakemake.log[0]):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from otamerge.atomic import atomic_dir, write_json
+from otamerge.io.atomic import atomic_dir, write_json
 from otamerge.demo.model import make_config, new_model
 from otamerge.demo.settings import TrainSettings, base_data, expert_config, train_settings
 from otamerge.demo.tasks import TASKS, get_task

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from otamerge.atomic import atomic_file
+from otamerge.io.atomic import atomic_file
 from otamerge.demo.tasks import TASKS, eval_set
 from otamerge.demo.train import held_out_prompts, mixture_sampler
 

@@ -23,7 +23,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from otamerge.demo.model import make_batch, token_table
 from otamerge.demo.settings import TrainSettings
 from otamerge.demo.tasks import TASKS, Example, eval_set, train_sampler
-from otamerge.moments import OPTIMIZER_KEY
+from otamerge.curvature.moments import OPTIMIZER_KEY
 
 MOMENTS_FILE = "export/exp_avg_sq.safetensors"
 

@@ -36,7 +36,7 @@ import torch
 
 from otamerge.methods.base import MergeMethod, Param, TensorInputs
 from otamerge.methods.sparsify import top_k_mask
-from otamerge.moments import rank1, rank_r
+from otamerge.curvature.moments import rank1, rank_r
 
 MODES = ("precond", "linear", "ties")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from otamerge.threshold import kth_largest
+from otamerge.ffg.threshold import kth_largest
 
 # Large tensors are worked on in slices of RADIX_CHUNK entries, so that selecting the top
 # k of an 8B model's embedding needs tens of MB besides the tensor: from RADIX_MIN entries

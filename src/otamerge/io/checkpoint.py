@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from otamerge.errors import OtaMergeError
-from otamerge.model_config import check_config
+from otamerge.io.model_config import check_config
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

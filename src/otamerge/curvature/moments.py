@@ -25,11 +25,11 @@ from typing import Iterable
 import torch
 from tqdm import tqdm
 
-from otamerge.atomic import write_safetensors
-from otamerge.checkpoint import Checkpoint, row_ranges
+from otamerge.io.atomic import write_safetensors
+from otamerge.io.checkpoint import Checkpoint, row_ranges
 from otamerge.errors import OtaMergeError
-from otamerge.lora import is_adapter
-from otamerge.writer import ShardedWriter, TensorPlan
+from otamerge.io.lora import is_adapter
+from otamerge.io.writer import ShardedWriter, TensorPlan
 
 META_KEY = "otamerge_moments"  # safetensors metadata of compressed files: kind, rank, source
 OPTIMIZER_KEY = "optimizer_state"  # metadata of a moments file: the optimizer's step count and betas (JSON)

@@ -18,9 +18,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from otamerge.intervals import T95, Interval, interval
-from otamerge.layout import merge_name
-from otamerge.subsets import ALL, MergeInfo
+from otamerge.report.intervals import T95, Interval, interval
+from otamerge.workflow.layout import merge_name
+from otamerge.workflow.subsets import ALL, MergeInfo
 
 KEYS = ["merge", "method", "subset", "subset_size"]
 BY_SEED = [*KEYS, "seed", "backend", "metric", "retention"]

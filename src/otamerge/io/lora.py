@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from otamerge.checkpoint import Checkpoint
+from otamerge.io.checkpoint import Checkpoint
 from otamerge.errors import OtaMergeError
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from otamerge.errors import OtaMergeError
-from otamerge.densities import check_density
-from otamerge.layout import STATISTICS
+from otamerge.ffg.densities import check_density
+from otamerge.workflow.layout import STATISTICS
 
 
 def read_statistics(path: str | Path) -> dict:

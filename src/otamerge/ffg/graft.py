@@ -23,17 +23,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from otamerge.atomic import atomic_dir, check_space, write_json
-from otamerge.checkpoint import Checkpoint, check_compatible, row_ranges
-from otamerge.densities import check_density, density_label
+from otamerge.io.atomic import atomic_dir, check_space, write_json
+from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
+from otamerge.ffg.densities import check_density, density_label
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.layout import STATISTICS
-from otamerge.lora import is_adapter, open_model
-from otamerge.moments import OBS_KIND, OPTIMIZER_KEY, Moments, check_full_moments, check_importance_kind
-from otamerge.threshold import exact_thresholds, keep_count
-from otamerge.tokenizer_source import copy_tokenizer
-from otamerge.writer import ShardedWriter, TensorPlan
+from otamerge.workflow.layout import STATISTICS
+from otamerge.io.lora import is_adapter, open_model
+from otamerge.curvature.moments import OBS_KIND, OPTIMIZER_KEY, Moments, check_full_moments, check_importance_kind
+from otamerge.ffg.threshold import exact_thresholds, keep_count
+from otamerge.io.tokenizer_source import copy_tokenizer
+from otamerge.io.writer import ShardedWriter, TensorPlan
 
 METRICS = ("fisher", "magnitude", "sparsegpt")
 IMPORTANCE_FILE = {"fisher": "moments file", "sparsegpt": "OBS importance file (otamerge importance)"}

@@ -79,8 +79,8 @@ def parse_ffg(raw: dict[str, Any]) -> FfgJob:
 def run_ffg_config(raw: dict[str, Any], out_dir: str | Path, device: str = "auto", chunk_bytes: int = 4 << 20,
                    out_shard_bytes: int = 5 << 30, progress: bool = True) -> Path:
     """Graft per the config into ``out_dir`` (a model folder with statistics.json)."""
-    from otamerge.ffg import FfgOptions, ffg_graft
-    from otamerge.resolve import resolve_model, resolve_preconditioner
+    from otamerge.ffg.graft import FfgOptions, ffg_graft
+    from otamerge.io.resolve import resolve_model, resolve_preconditioner
 
     job = parse_ffg(raw)
     base, expert = resolve_model(job.base), resolve_model(job.expert)

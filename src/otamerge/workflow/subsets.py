@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from otamerge.merge_specs import FFG_METRICS
+from otamerge.workflow.merge_specs import FFG_METRICS
 
 ALL = "all"  # the subset column of a merge of every expert it is configured with
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from otamerge.errors import OtaMergeError
-from otamerge.vocab_union import AlignedCheckpoint, align, load_tokenizer, union_tokenizer, vocab_tensors
+from otamerge.io.vocab_union import AlignedCheckpoint, align, load_tokenizer, union_tokenizer, vocab_tensors
 
 if TYPE_CHECKING:
     from otamerge.config import MergeConfig

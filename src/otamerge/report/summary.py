@@ -1,7 +1,7 @@
 """Summary of evaluation results over seeds: a tidy score table, per-metric model x task
 matrices (mean over seeds with an interval), the FFG sweep, and the merges' gain retention.
 
-Score files live in per-seed folders (``otamerge.layout``); every row read gets the seed
+Score files live in per-seed folders (``otamerge.workflow.layout``); every row read gets the seed
 of its file, so the tables can average over seeds and show how far seeds disagree.
 """
 
@@ -14,13 +14,13 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from otamerge import retention as ret
-from otamerge.atomic import atomic_file, write_json
-from otamerge.densities import density_label
+from otamerge.report import retention as ret
+from otamerge.io.atomic import atomic_file, write_json
+from otamerge.ffg.densities import density_label
 from otamerge.evaluation.tidy import COLUMNS
-from otamerge.intervals import MIN_MAX, MIN_SEEDS_FOR_T, T95, describe, interval
-from otamerge.layout import graft_name, seed_of
-from otamerge.subsets import ALL, MergeInfo
+from otamerge.report.intervals import MIN_MAX, MIN_SEEDS_FOR_T, T95, describe, interval
+from otamerge.workflow.layout import graft_name, seed_of
+from otamerge.workflow.subsets import ALL, MergeInfo
 
 SCORE_COLUMNS = [*COLUMNS, "seed"]
 
@@ -52,7 +52,7 @@ def matrix_over_seeds(scores: pd.DataFrame, metric: str, tasks: Sequence[str],
     """Rows: models (base and experts, grafts, merges, each in order of appearance);
     columns: the backend's tasks (in the order of ``tasks``, then any others), then their
     average at each seed. Returns tables ``mean``, ``low``, ``high`` (the interval over
-    seeds of each cell, see otamerge.intervals) and ``n`` (seeds with a value)."""
+    seeds of each cell, see otamerge.report.intervals) and ``n`` (seeds with a value)."""
     sel = scores[scores.metric == metric]
     if backend is not None:
         sel = sel[sel.backend == backend]

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import torch
 
-from otamerge.checkpoint import INDEX_FILE, SINGLE_FILE
+from otamerge.io.checkpoint import INDEX_FILE, SINGLE_FILE
 
 _DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",

@@ -17,10 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from otamerge.densities import density_label  # noqa: E402
-from otamerge.intervals import NONE, describe  # noqa: E402
-from otamerge.layout import graft_name, graft_statistics  # noqa: E402
-from otamerge.subsets import ALL  # noqa: E402
+from otamerge.ffg.densities import density_label  # noqa: E402
+from otamerge.report.intervals import NONE, describe  # noqa: E402
+from otamerge.workflow.layout import graft_name, graft_statistics  # noqa: E402
+from otamerge.workflow.subsets import ALL  # noqa: E402
 
 ROLES = ["q", "k", "v", "o", "gate", "up", "down", "norms", "embed", "lm_head"]
 _ROLE = [(r"\.q_proj\.", "q"), (r"\.k_proj\.", "k"), (r"\.v_proj\.", "v"), (r"\.o_proj\.", "o"),

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from otamerge.atomic import write_safetensors
+from otamerge.io.atomic import write_safetensors
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.calibration import read_text
+from otamerge.curvature.calibration import read_text
 
 FISHER_META = "otamerge_fisher"  # one metadata key: several would vary the header's order
 Batch = tuple[torch.Tensor, torch.Tensor]  # input ids, labels (-100: no loss)

@@ -17,9 +17,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from otamerge.atomic import check_space, write_json
+from otamerge.io.atomic import check_space, write_json
 from otamerge.errors import OtaMergeError
-from otamerge.resolve import safe_relative, split_hub_path
+from otamerge.io.resolve import safe_relative, split_hub_path
 
 MANIFEST = "manifest.json"
 PRECONDITIONER = "preconditioner"  # + the source's suffix: where the moments land in the folder

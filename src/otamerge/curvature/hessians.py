@@ -38,13 +38,13 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
-from otamerge.atomic import atomic_dir, check_space, write_safetensors
-from otamerge.calibration import Calibration, calibration_tokens
-from otamerge.checkpoint import Checkpoint
+from otamerge.io.atomic import atomic_dir, check_space, write_safetensors
+from otamerge.curvature.calibration import Calibration, calibration_tokens
+from otamerge.io.checkpoint import Checkpoint
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.moments import META_KEY, OBS_KIND
-from otamerge.writer import ShardedWriter, TensorPlan
+from otamerge.curvature.moments import META_KEY, OBS_KIND
+from otamerge.io.writer import ShardedWriter, TensorPlan
 
 HESSIAN_META = "otamerge_hessians"
 SHARD_BYTES = 5 << 30

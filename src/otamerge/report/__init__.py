@@ -1,0 +1,1 @@
+"""The summary tables, gain retention with its intervals, and the plots."""
