@@ -100,11 +100,21 @@ def test_per_expert_values_for_experts_a_merge_lacks_are_refused(spec, message):
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
 
 
-def test_schema_lists_the_registry_methods_and_the_ffg_metrics():
-    from otamerge.methods import METHODS
+def test_the_workflows_method_table_is_the_registry_and_the_schema_lists_it():
+    from otamerge.methods import METHODS as REGISTRY
+    from otamerge.workflow.methods import METHODS
 
     merge = SCHEMA["properties"]["merges"]["additionalProperties"]["properties"]
-    assert set(merge["method"]["enum"]) == set(METHODS)
+    assert merge["method"]["enum"] == list(METHODS) and set(REGISTRY) == set(METHODS)
+    for name, traits in METHODS.items():
+        engine = REGISTRY[name]
+        assert traits.base == engine.base, name
+        assert set(traits.per_model) == {p.name for p in engine.params if p.per_model}, name
+        params = {p.name for p in engine.params}
+        assert (traits.curvature == "trim_by") == ("trim_by" in params), name
+        assert engine.moments({}, [{}]) == (traits.curvature == "always"), name
+    documented = (REPO / "config/README.md").read_text().split("| `merges.<name>.method` | string | ", 1)[1]
+    assert documented.split(" |", 1)[0] == ", ".join(METHODS)
     assert SCHEMA["$defs"]["metric"]["enum"] == list(FFG_METRICS)
     assert set(merge["ffg"]["enum"]) == {m for m, (_, kind) in FFG_METRICS.items() if kind in ("full", "rank1")}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from otamerge.errors import OtaMergeError
+from otamerge.workflow.methods import METHODS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,9 +28,10 @@ def moments_kind(spec: dict[str, Any]) -> str | None:
     the rank-1 moments its masks come from), the base's OBS importance (trim_by sparsegpt:
     ``sparsegpt``), or None."""
     trim = (spec.get("parameters") or {}).get("trim_by", "magnitude")
-    if spec["method"] == "ota" or trim == "fisher":
+    reads = METHODS[spec["method"]].curvature
+    if reads == "always" or (reads == "trim_by" and trim == "fisher"):
         return spec.get("moments") or (FFG_METRICS[spec["ffg"]][1] if spec.get("ffg") else "full")
-    return "sparsegpt" if trim == "sparsegpt" else None
+    return "sparsegpt" if reads == "trim_by" and trim == "sparsegpt" else None
 
 
 def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
@@ -57,7 +59,7 @@ def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
                            "parameters": dict(spec.get("parameters") or {}),
                            "dtype": spec.get("dtype", "float32"),
                            "tokenizer_source": spec.get("tokenizer_source", "base")}
-    if spec.get("base", True) and spec["method"] != "linear":
+    if spec.get("base", True) and METHODS[spec["method"]].base != "ignored":
         cfg["base_model"] = base_dir
     elif cfg["tokenizer_source"] == "base":  # no base: the first expert's tokenizer
         cfg["tokenizer_source"] = models[0]["model"]
