@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -22,18 +21,16 @@ def default_config() -> dict:
         return yaml.safe_load(fh)
 
 
-def tiny_config() -> dict:
-    """The demo config shrunk to seconds: same code paths, far fewer steps."""
-    cfg = copy.deepcopy(default_config())
-    demo = cfg["demo"]
-    demo["n_eval"] = 20
-    demo["arch"].update(hidden_size=32, intermediate_size=64, num_heads=2)
-    demo["base"].update(steps=8, warmup=2, batch_size=16)
-    demo["expert_defaults"].update(steps=4, warmup=1, batch_size=16)
-    demo["experts"] = {"add": {"task": "add"}, "rev": {"task": "reverse", "steps": 6}}
-    cfg["ffg"] = {"densities": [0.1, 0.5], "metrics": ["fisher"]}
-    cfg["merges"] = {k: cfg["merges"][k] for k in ("ota_ffg", "ties")}
-    cfg["evaluation"]["backends"] = ["builtin"]  # tests that need lm_eval add it
+def tiny_config(*overrides: str) -> dict:
+    """.test/config-tiny.yaml (the demo shrunk to seconds), with the named overrides of
+    .test/ (e.g. "olmes", "cluster") merged over it as Snakemake merges config files."""
+    from snakemake.utils import update_config
+
+    with open(REPO / ".test" / "config-tiny.yaml") as fh:
+        cfg = yaml.safe_load(fh)
+    for name in overrides:
+        with open(REPO / ".test" / f"config-{name}.yaml") as fh:
+            update_config(cfg, yaml.safe_load(fh))
     return cfg
 
 

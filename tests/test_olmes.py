@@ -76,11 +76,9 @@ def test_a_missing_executable_says_which_setting_to_change(model, tmp_path):
 def test_workflow_scores_every_model_with_olmes(tmp_path):
     """The tiny demo through the olmes backend (the stand-in): base, experts, grafted
     experts at their fixed densities and merges, in one table."""
-    cfg = tiny_config()
+    cfg = tiny_config("olmes")
     cfg["demo"]["threads"] = 1
-    cfg["thresholds"] = {"mode": "fixed", "fixed": {"add": 0.5, "rev": 0.1}}
-    cfg["evaluation"] = {"backends": ["olmes"], "tasks": ["gsm8k::tulu", "mmlu:mc::tulu"],
-                         "olmes": {"executable": FAKE, "limit": 3, "model_type": "hf"}}
+    cfg["evaluation"]["olmes"]["executable"] = FAKE  # the test runs in its own folder
     res = snakemake(tmp_path / "wf", "-j2", config=cfg)
     assert res.returncode == 0, res.stderr[-3000:]
     scores = pd.read_csv(tmp_path / "wf/results/summary/scores.csv")

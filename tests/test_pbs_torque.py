@@ -162,9 +162,7 @@ def test_pbs_profile_torque_dialect_end_to_end_on_slurm_wlm_torque(tmp_path):
     """Part of the tiny DAG (base -> expert -> FFG, FFG a GPU rule) through the PBS profile
     with pbs_dialect torque; the first FFG job fails and is retried with twice the memory."""
     assert _torque_client_up(), "OTAMERGE_REQUIRE_SLURM=1 but slurm-wlm-torque or SLURM is missing"
-    cfg = tiny_config()
-    cfg["demo"]["threads"] = 1
-    cfg["resources"] = {"model_params_b": 2.0, "gpu": 1}
+    cfg = tiny_config("cluster")
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(FAIL_FFG_ONCE)

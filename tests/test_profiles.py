@@ -90,9 +90,7 @@ def test_pbs_profile_runs_jobs_of_every_kind_against_a_pbs_stand_in(tmp_path):
     """Jobs of the tiny demo (training, FFG, merge, evaluation) go through submit.py ->
     qsub -> status.py -> qstat, with one GPU asked for by the GPU rules; the first merge
     job 'fails' (exit 271) and is retried with twice the memory and walltime."""
-    cfg = tiny_config()
-    cfg["demo"]["threads"] = 1
-    cfg["resources"] = {"model_params_b": 2.0, "gpu": 1}
+    cfg = tiny_config("cluster")
     state = tmp_path / "pbs"
     env = {**os.environ, "PATH": f"{REPO / 'tests/fake_pbs'}:{os.environ['PATH']}",
            "FAKE_PBS_DIR": str(state), "FAKE_PBS_FAIL_ONCE": "smk-merge-"}

@@ -32,9 +32,7 @@ def _jobs_of(workdir) -> dict[str, dict[str, str]]:
 @pytest.mark.long
 def test_slurm_profile_runs_jobs_with_their_resources_on_a_real_slurm(tmp_path):
     assert slurm_up(), "OTAMERGE_REQUIRE_SLURM=1 but sinfo shows no usable node"
-    cfg = tiny_config()
-    cfg["demo"]["threads"] = 1
-    cfg["resources"] = {"model_params_b": 2.0, "gpu": 1}
+    cfg = tiny_config("cluster")
     wf = tmp_path / "wf"
     targets = ["results/seed0/merges/ties/model", "results/seed0/evaluation/builtin/ffg/add/fisher/0.1.json"]
     # squeue for job states: this SLURM has no accounting (sacct); timeout guards against
