@@ -92,22 +92,27 @@ def preconditioner(model_folder: str | Path) -> str:
     return f"{Path(model_folder).as_posix()}/{PRECONDITIONER}"
 
 
+def moments_path(seed: Seed, expert: str, kind: str) -> str:
+    """Curvature files made from an expert's: ``rank1.safetensors`` (and ``rank1.json``, its
+    storage report), ``bias_corrected.safetensors`` (exp_avg_sq / (1 - beta2^t)),
+    ``empirical_fisher.safetensors`` (its curvature where it has no optimizer state)."""
+    return f"{root(seed)}/moments/{expert}/{kind}"
+
+
 def rank1_moments(seed: Seed, expert: str) -> str:
-    return f"{root(seed)}/moments/{expert}/rank1.safetensors"
+    return moments_path(seed, expert, "rank1.safetensors")
 
 
 def corrected_moments(seed: Seed, expert: str) -> str:
-    """The expert's exp_avg_sq divided by Adam's bias factor 1 - beta2^t."""
-    return f"{root(seed)}/moments/{expert}/bias_corrected.safetensors"
+    return moments_path(seed, expert, "bias_corrected.safetensors")
 
 
 def rank1_report(seed: Seed, expert: str) -> str:
-    return f"{root(seed)}/moments/{expert}/rank1.json"
+    return moments_path(seed, expert, "rank1.json")
 
 
 def fisher_moments(seed: Seed, expert: str) -> str:
-    """An expert's empirical Fisher, its curvature where it has no optimizer state."""
-    return f"{root(seed)}/moments/{expert}/empirical_fisher.safetensors"
+    return moments_path(seed, expert, "empirical_fisher.safetensors")
 
 
 def hessians_dir(seed: Seed) -> str:
