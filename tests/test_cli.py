@@ -21,3 +21,31 @@ def test_errors_are_one_line_without_traceback(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 1
     assert res.stderr == f"otamerge: error: {tmp_path}: not a model folder (no config.json)\n"
+
+
+def test_streaming_subcommands_never_import_transformers(tmp_path):
+    """merge, ffg and compress-moments start in the time of `import torch` (transformers
+    takes seconds more): none of them imports it, tokenizer_source union over one
+    vocabulary included."""
+    import yaml
+
+    from checkpoints import MOMENTS, make_family
+
+    fam = make_family(tmp_path / "fam", n_experts=2)
+    cfg = {"merge_method": "ota", "base_model": str(fam["base"]), "tokenizer_source": "union",
+           "models": [{"model": str(fam[e]), "parameters": {"preconditioner_path": str(fam[e] / MOMENTS)}}
+                      for e in ("expert0", "expert1")]}
+    (tmp_path / "ota.yml").write_text(yaml.safe_dump(cfg))
+    runs = {
+        "merge": ["merge", str(tmp_path / "ota.yml"), str(tmp_path / "merged"), "--quiet"],
+        "ffg": ["ffg", "--base", str(fam["base"]), "--expert", str(fam["expert0"]), "--moments",
+                str(fam["expert0"] / MOMENTS), "--density", "0.1", "--quiet", str(tmp_path / "ffg")],
+        "compress-moments": ["compress-moments", str(fam["expert0"] / MOMENTS), str(tmp_path / "r1.safetensors"),
+                             "--quiet"],
+    }
+    for name, args in runs.items():
+        code = ("import sys; from otamerge.cli import main; main(sys.argv[1:]); "
+                "print('transformers' in sys.modules)")
+        res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines()[-1] == "False", name

@@ -13,12 +13,14 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from otamerge.errors import OtaMergeError
+
+if TYPE_CHECKING:  # transformers (seconds to import) only where a vocabulary union is built
+    from transformers import PreTrainedTokenizerBase
 
 # tensors indexed by token id in their first dimension (Llama, Mistral, Qwen, OLMo: the
 # first two; GPT-2, GPT-NeoX, BLOOM: the others)
@@ -33,6 +35,8 @@ def vocab_tensors(names: list[str]) -> list[str]:
 def load_tokenizer(folder: Path, label: str) -> PreTrainedTokenizerBase:
     """The folder's tokenizer through transformers (fast, never remote code)."""
     try:
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(folder), use_fast=True, trust_remote_code=False)
     except Exception as exc:  # transformers raises many kinds for a broken or foreign tokenizer
         lines = str(exc).strip().splitlines()
@@ -44,6 +48,8 @@ def union_tokenizer(toks: list[PreTrainedTokenizerBase]) -> PreTrainedTokenizerB
     """mergekit's build_union_tokenizer: ``toks[0]`` (the tokenizer base) extended by the
     tokens of the others. mergekit visits plain tokens in hash order; here they go by id,
     so the ids of several new plain tokens are reproducible."""
+    from transformers import AutoTokenizer
+
     base_vocab = toks[0].get_vocab()
     plain: dict[str, None] = {}
     added: dict[str, Any] = {}
