@@ -187,10 +187,3 @@ def read_config(path: str | Path) -> Any:
     except yaml.YAMLError as exc:
         raise OtaMergeError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
 
-
-def load_config(path: str | Path) -> MergeConfig:
-    raw = read_config(path)
-    try:
-        return parse_config(raw)
-    except OtaMergeError as exc:
-        raise OtaMergeError(f"{path}: {exc}") from None

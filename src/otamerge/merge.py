@@ -163,13 +163,14 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
 
 
 def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
-    from otamerge.config import load_config, read_config
+    from otamerge.config import parse_config, read_config
     from otamerge.ffg.paper_config import run_ffg_config
 
-    raw = read_config(config_path)
-    if isinstance(raw, dict) and raw.get("merge_method") == "ffg":  # the paper's configs/FFG: one graft
-        try:
+    raw = read_config(config_path)  # read once: its merge_method says which engine runs it
+    try:
+        if isinstance(raw, dict) and raw.get("merge_method") == "ffg":  # the paper's configs/FFG: one graft
             return run_ffg_config(raw, out_dir, opts.device, opts.chunk_bytes, opts.out_shard_bytes, opts.progress)
-        except OtaMergeError as exc:
-            raise OtaMergeError(f"{config_path}: {exc}") from None
-    return run_merge(load_config(config_path), out_dir, opts)
+        cfg = parse_config(raw)
+    except OtaMergeError as exc:
+        raise OtaMergeError(f"{config_path}: {exc}") from None
+    return run_merge(cfg, out_dir, opts)
