@@ -86,11 +86,16 @@ def plan_tokenizer(cfg: "MergeConfig", base: Any, models: list[Any],
         folder = matches[0]
     if not folder.is_dir() or not _files(folder):
         return TokenizerPlan(), base, models
-    vocab, rows = _vocab_size(folder), _rows(ckpts[0])
-    if vocab is not None and rows is not None and vocab > rows:
-        raise OtaMergeError(f"tokenizer of {folder} has {vocab} tokens but {ckpts[0].label}'s "
-                            f"{vocab_tensors(ckpts[0].names())[0]} has only {rows} rows")
+    _check_fits(folder, ckpts[0])
     return TokenizerPlan(folder=folder), base, models
+
+
+def _check_fits(folder: Path, ckpt: Any, rows: int | None = None) -> None:
+    """The tokenizer in ``folder`` has no more tokens than ``ckpt``'s vocabulary rows."""
+    vocab, rows = _vocab_size(folder), _rows(ckpt) if rows is None else rows
+    if vocab is not None and rows is not None and vocab > rows:
+        raise OtaMergeError(f"tokenizer of {folder} has {vocab} tokens but {ckpt.label}'s "
+                            f"{vocab_tensors(ckpt.names())[0]} has only {rows} rows")
 
 
 def _rows(ckpt: Any) -> int | None:
@@ -114,10 +119,7 @@ def _union(ckpts: list[Any], has_base: bool, moments: list[Any]) -> tuple[Tokeni
                                 "add them or use tokenizer_source: base")
     rows = [_rows(c) for c in ckpts]
     if all(f == files[0] for f in files[1:]) and len(set(rows)) == 1:
-        vocab = _vocab_size(ref.path)
-        if vocab is not None and rows[0] is not None and vocab > rows[0]:
-            raise OtaMergeError(f"tokenizer_source union: the tokenizer of {ref.label} has {vocab} tokens "
-                                f"but its vocabulary tensors have only {rows[0]} rows")
+        _check_fits(ref.path, ref, rows[0])
         return TokenizerPlan(folder=ref.path), ckpts
     toks = [load_tokenizer(c.path, c.label) for c in ckpts]
     vocabs = [t.get_vocab() for t in toks]
