@@ -120,7 +120,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
             src = Path(tmp) / "exp_avg_sq.safetensors"  # named by the model's parameter order
             save_file(optimizer_moments(args.input, parameter_names(args.model)), str(src))
         mom = Moments(src, f"moments {args.input}")
-        names = sorted({k.removesuffix(".exp_avg_sq") for k in mom.ckpt.names()})
+        names = mom.parameters()
         report = compress(mom, names, Path(args.output), rank=args.rank, progress=not args.quiet)
         mom.close()
     report["input"], report["output"] = str(args.input), str(args.output)

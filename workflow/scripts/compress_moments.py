@@ -7,7 +7,6 @@ from otamerge.curvature.moments import Moments, compress
 with to_file(snakemake.log[0]):
     moments = snakemake.params.moments  # downloaded (inside the expert's folder), bias-corrected, or an empirical Fisher
     src = Moments(moments, f"moments {moments}")
-    names = sorted({k.removesuffix(".exp_avg_sq") for k in src.ckpt.names()})
-    report = compress(src, names, Path(snakemake.output.moments), rank=1)
+    report = compress(src, src.parameters(), Path(snakemake.output.moments), rank=1)
     write_json(snakemake.output.report, report)
     print(f"rank-1 moments {report['reduction']:.2%} smaller (2-D tensors {report['reduction_2d']:.2%})")

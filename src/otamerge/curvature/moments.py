@@ -81,6 +81,10 @@ class Moments:
                 return key
         raise OtaMergeError(f"{self.label}: tensor {name} missing from moments file {self.path}")
 
+    def parameters(self) -> list[str]:
+        """The parameter names of a full moments file (``NAME`` or ``NAME.exp_avg_sq``), sorted."""
+        return sorted({k.removesuffix(".exp_avg_sq") for k in self.ckpt.names()})
+
     def prefetch(self, name: str) -> None:
         for key in (name, f"{name}.exp_avg_sq"):  # full moments; compressed ones are small
             self.ckpt.prefetch(key)
@@ -206,7 +210,7 @@ def correct_bias(src: Moments, out: str | Path, step: int | None = None, beta2: 
     if src.kind != "full":
         raise OtaMergeError(f"{src.label}: bias correction applies to full exp_avg_sq, not {src.kind} moments")
     step, beta2, factor = adam_bias_factor(src.source_metadata, step, beta2, src.label)
-    names = sorted({k.removesuffix(".exp_avg_sq") for k in src.ckpt.names()})
+    names = src.parameters()
     applied = {"step": step, "beta2": beta2, "factor": factor, "source": str(src.path)}
     meta = {k: v for k, v in src.source_metadata.items() if k == OPTIMIZER_KEY}
     meta[BIAS_KEY] = json.dumps(applied, sort_keys=True)
