@@ -114,9 +114,8 @@ def downloaded_moments(seed, expert):
 def moments_input(seed, expert, kind="full"):
     """What a job reading those moments depends on: downloaded moments live inside the
     expert's folder (a directory output), so the folder is the input."""
-    if kind == "full" and not BIAS_CORRECTION and expert not in FISHER_EXPERTS:
-        return layout.model_dir(seed, expert)
-    return moments_file(seed, expert, kind)
+    path = moments_file(seed, expert, kind)
+    return layout.model_dir(seed, expert) if path == downloaded_moments(seed, expert) else path
 
 
 def optimizer_override(expert):
