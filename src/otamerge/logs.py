@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Iterator
@@ -27,3 +29,16 @@ def to_file(path: str | Path | None) -> Iterator[None]:
         except BaseException:
             traceback.print_exc(file=fh)
             raise
+
+
+@contextlib.contextmanager
+def job(path: str | Path | None) -> Iterator[None]:
+    """The body of a workflow script: logged as ``to_file`` does; when it succeeds the
+    process ends at once. A job has nothing left to do by then, and Python's teardown of
+    torch's and transformers' modules costs about 0.6 s of CPU per job (an evaluation job
+    of the demo does 0.6 s of work); every output is closed, so only stdio is flushed."""
+    with to_file(path):
+        yield
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,7 +1,7 @@
-from otamerge.logs import to_file
+from otamerge.logs import job
 from otamerge.curvature.moments import Moments, correct_bias
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     moments = snakemake.params.moments
     opt = snakemake.params.optimizer
     applied = correct_bias(Moments(moments, f"moments {moments}"), snakemake.output[0], opt.get("step"), opt.get("beta2"))

@@ -1,10 +1,10 @@
 from pathlib import Path
 
 from otamerge.io.atomic import write_json
-from otamerge.logs import to_file
+from otamerge.logs import job
 from otamerge.curvature.moments import Moments, compress
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     moments = snakemake.params.moments  # downloaded (inside the expert's folder), bias-corrected, or an empirical Fisher
     src = Moments(moments, f"moments {moments}")
     report = compress(src, src.parameters(), Path(snakemake.output.moments), rank=1)

@@ -1,7 +1,7 @@
 from otamerge.io.download import Source, download
-from otamerge.logs import to_file
+from otamerge.logs import job
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     s = snakemake.params.source
     src = Source(name=snakemake.wildcards.name, ref=s["source"], revision=s.get("revision", "main"),
                  preconditioner=s.get("preconditioner"))

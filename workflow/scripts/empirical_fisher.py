@@ -3,9 +3,9 @@ import time
 import torch
 
 from otamerge.curvature.fisher import FisherCalibration, write_fisher
-from otamerge.logs import to_file
+from otamerge.logs import job
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)  # sums over samples: their bits follow the thread count
     p = snakemake.params
     cal = FisherCalibration(snakemake.input.calibration or None, p.task, p.samples, p.batch_size, p.seqlen,

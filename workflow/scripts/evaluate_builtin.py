@@ -1,8 +1,8 @@
 from otamerge.io.atomic import write_json
 from otamerge.evaluation.builtin import evaluate, load_model
-from otamerge.logs import to_file
+from otamerge.logs import job
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     model, tokenizer = load_model(snakemake.input[0])
     p = snakemake.params
     rows = evaluate(model, tokenizer, p.tasks, p.n, p.seed, snakemake.wildcards.model)

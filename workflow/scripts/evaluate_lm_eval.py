@@ -1,8 +1,8 @@
 from otamerge.io.atomic import write_json
 from otamerge.evaluation.lm_eval import evaluate
-from otamerge.logs import to_file
+from otamerge.logs import job
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     p = snakemake.params
     rows = evaluate(snakemake.input[0], snakemake.wildcards.model, p.tasks, snakemake.output.raw, p.settings,
                     p.n, p.seed)

@@ -1,9 +1,9 @@
 from otamerge.io.atomic import write_json
 from otamerge.evaluation import perplexity
 from otamerge.evaluation.builtin import load_model
-from otamerge.logs import to_file
+from otamerge.logs import job
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     p = snakemake.params
     model, tokenizer = load_model(snakemake.input.model)
     texts = dict(zip(p.names, snakemake.input.texts))

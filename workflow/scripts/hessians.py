@@ -2,9 +2,9 @@ import torch
 
 from otamerge.curvature.calibration import Calibration
 from otamerge.curvature.hessians import hessians_cached
-from otamerge.logs import to_file
+from otamerge.logs import job
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)  # sums over tokens: their bits follow the thread count
     p = snakemake.params
     cal = Calibration(snakemake.input.calibration, p.samples, p.seqlen, p.seed)

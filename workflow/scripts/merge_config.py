@@ -4,13 +4,13 @@ import yaml
 from otamerge.io.atomic import atomic_file
 from otamerge.ffg.density_choice import read_statistics, thresholds_config
 from otamerge.workflow.layout import graft_name, graft_statistics
-from otamerge.logs import to_file
+from otamerge.logs import job
 from otamerge.workflow.merge_specs import merge_template, own_task_scores
 
 COLUMNS = ["expert", "mode", "density", "threshold", "achieved_density", "metric", "score", "expert_score",
            "reason"]
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     p, inp = snakemake.params[0], snakemake.input
     experts = dict(zip(p["experts"], inp.experts))
     moments = dict(zip(p["experts"], p["moments"])) if p["moments"] else None

@@ -1,10 +1,10 @@
 from otamerge.workflow import layout
 from otamerge.report import plots
 from otamerge.io.checkpoint import Checkpoint
-from otamerge.logs import to_file
+from otamerge.logs import job
 from otamerge.curvature.moments import Moments
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     inp, out, p = snakemake.input, snakemake.output, snakemake.params
     plots.sweep_curves(inp.sweep, out.sweep, p.score)
     plots.method_comparison(inp.retention, inp.by_size, inp.scores, out.methods, p.score)

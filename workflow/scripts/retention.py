@@ -1,7 +1,7 @@
-from otamerge.logs import to_file
+from otamerge.logs import job
 from otamerge.report.summary import write_retention
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     out = snakemake.output
     write_retention(snakemake.input, snakemake.params.merges, snakemake.params.tasks, table=out.table, csv=out.csv,
                     by_size_csv=out.by_size, by_seed_csv=out.by_seed)

@@ -1,7 +1,7 @@
 from otamerge.curvature.hessians import write_importance
-from otamerge.logs import to_file
+from otamerge.logs import job
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     meta = write_importance(snakemake.input.hessians, snakemake.input.base, snakemake.output[0],
                             snakemake.params.damping)
     info = meta["source_metadata"]

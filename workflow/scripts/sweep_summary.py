@@ -1,7 +1,7 @@
-from otamerge.logs import to_file
+from otamerge.logs import job
 from otamerge.report.summary import write_sweep
 
-with to_file(snakemake.log[0]):
+with job(snakemake.log[0]):
     out = snakemake.output
     write_sweep(snakemake.input.scores, dict(zip(snakemake.input.thresholds, snakemake.params.merges)),
                 snakemake.params.tasks, sweep_md=out.sweep, sweep_csv=out.sweep_csv, thresholds_csv=out.thresholds)
