@@ -3,6 +3,7 @@ runs on tiny demo models over the task files it writes (offline)."""
 
 import json
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -99,6 +100,19 @@ def test_a_failing_run_is_a_clear_error(tiny_demo, tmp_path):
     (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     with pytest.raises(OtaMergeError, match=r"^lm_eval exited with 1 for .*base: .*SafetensorError: .*header"):
         evaluate(broken, "base", ["add"], tmp_path / "out", {}, 5, 0)
+
+
+def test_the_backend_process_leaves_torch_to_the_runner(tmp_path):
+    """The workflow's lm_eval job only writes task files and starts lm_eval: it does not
+    import torch (1.5-2 s), the runner decides the device ("auto") in its own process."""
+    from otamerge.evaluation.lm_eval_run import parse_args
+
+    code = ("import sys; from otamerge.evaluation.lm_eval import lm_eval_command, write_demo_tasks; "
+            f"write_demo_tasks(['add'], 5, 0, {str(tmp_path)!r}); print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False"]
+    assert parse_args(["--tasks", "t", "--output_path", "o"]).device == "auto"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from otamerge.device import pick_device
 from otamerge.demo.tasks import TASKS, eval_set, get_task
 from otamerge.errors import OtaMergeError
 from otamerge.evaluation.external import prefix_words, run_evaluator
@@ -137,8 +136,12 @@ def evaluate(model_dir: str | Path, model: str, tasks: Sequence[str], out_dir: s
         raise OtaMergeError(f"lm_eval: {model_dir} is not a model folder (no config.json)")
     settings = dict(settings)
     include = [*settings.pop("include_path", [])]
-    # the GPU a cluster job got, else the CPU (lm_eval itself would insist on cuda)
-    settings["device"] = str(pick_device(settings.get("device") or "auto"))
+    # the GPU a cluster job got, else the CPU (lm_eval itself would insist on cuda): our
+    # runner decides "auto" in its own process, which loads torch anyway (this one need not)
+    settings["device"] = settings.get("device") or "auto"
+    if settings.get("executable") and settings["device"] == "auto":  # another lm_eval: a device it knows
+        from otamerge.device import pick_device
+        settings["device"] = str(pick_device("auto"))
     with tempfile.TemporaryDirectory(prefix="otamerge-lm_eval-") as tmp:
         if any(t in TASKS for t in tasks):
             include.append(write_demo_tasks(tasks, n, seed, Path(tmp) / "tasks"))

@@ -22,7 +22,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--include_path", action="append", default=[])
     ap.add_argument("--output_path", required=True)
     ap.add_argument("--batch_size", default="1")
-    ap.add_argument("--device", default=None)
+    ap.add_argument("--device", default="auto", help="auto: CUDA when a GPU is visible, else the CPU")
     ap.add_argument("--limit", type=float, default=None)
     ap.add_argument("--log_samples", action="store_true")
     return ap.parse_args(argv)
@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import make_table
 
+    from otamerge.device import pick_device
+
     tasks = args.tasks.split(",")
     manager = TaskManager(include_path=args.include_path or None, include_defaults=False)
     if not set(tasks) <= set(manager.all_tasks):
@@ -43,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     batch = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = simple_evaluate(model=args.model, model_args=args.model_args, tasks=tasks, batch_size=batch,
-                              device=args.device, limit=limit, log_samples=args.log_samples,
+                              device=str(pick_device(args.device)), limit=limit, log_samples=args.log_samples,
                               evaluation_tracker=tracker, task_manager=manager)
     samples = results.pop("samples", None) if args.log_samples else None
     tracker.save_results_aggregated(results=results, samples=samples)
