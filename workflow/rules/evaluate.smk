@@ -62,7 +62,9 @@ rule evaluate_lm_eval:
         settings=backend_settings("lm_eval"),
         n=config.get("demo", {}).get("n_eval", 100),
         seed=lambda wc: int(wc.seed),
-    threads: 2
+    # one thread: on the demo's models a second one made lm_eval slower and cost 40% more
+    # CPU; an evaluation of large models on CPUs sets more (--set-threads evaluate_lm_eval=N)
+    threads: 1
     resources:
         mem_mb=scaled(4000, 4000),
         runtime=scaled(20, 60),
