@@ -2,7 +2,7 @@
 
 A TIES merge of a bf16 embedding held every input in fp32 plus |delta|, a running sum,
 masks and a divisor of the tensor's size. Here only the inputs are whole (as stored);
-task vectors are made again in fp32 for each pass over RADIX_CHUNK entries: per model, a
+task vectors are made again in fp32 for each pass over SLICE entries: per model, a
 radix select of the trimming threshold (two passes); then one pass that sparsifies,
 elects the sign, mixes and adds the base. Every step but the threshold is elementwise
 and the threshold is exact, so the bits are those of the whole-tensor path. DARE's
@@ -20,6 +20,11 @@ import torch
 from otamerge.methods import selection, sparsify
 from otamerge.methods.base import TensorInputs
 from otamerge.methods.consensus import combine
+
+# Entries a slice: its temporaries (task vectors, scores, the radix select's int64 bits:
+# some 40 bytes an entry) stay a few MB, which the allocator also keeps from fragmenting
+# into tens of MB; smaller slices cost time in per-slice overheads.
+SLICE = 1 << 18
 
 Masker = Callable[[slice, torch.Tensor], torch.Tensor]  # (slice, its task vector) -> kept entries
 
@@ -41,7 +46,7 @@ class Source:
     @property
     def slices(self) -> list[slice]:
         n = self.base.numel()
-        return [slice(a, min(a + sparsify.RADIX_CHUNK, n)) for a in range(0, n, sparsify.RADIX_CHUNK)]
+        return [slice(a, min(a + SLICE, n)) for a in range(0, n, SLICE)]
 
     def delta(self, i: int, s: slice) -> torch.Tensor:
         return self.models[i][s].to(self.compute) - self.base[s].to(self.compute)
