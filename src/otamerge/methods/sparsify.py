@@ -97,8 +97,23 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool = False,
     importance of each entry; at least one)."""
     if density >= 1:
         return delta
-    k = max(1, int(density * delta.numel()))
+    k = top_count(density, delta.numel())
     return _apply(delta, top_k_mask(delta.abs() if scores is None else scores, k), rescale)
+
+
+def top_count(density: float, n: int) -> int:
+    """How many entries magnitude() keeps."""
+    return max(1, int(density * n))
+
+
+def breadcrumbs_window(density: float, gamma: float, n: int, fork: bool) -> tuple[int, int] | None:
+    """breadcrumbs() keeps the n_lo smallest entries but the n_bot smallest, as (n_lo, n_bot);
+    None where the fork keeps nothing."""
+    if fork and int(gamma * n) == 0:
+        return None
+    keep = int(density * n)
+    n_bot = max(0, n - keep - int(gamma * n))
+    return n_bot + keep, n_bot
 
 
 def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False,
@@ -111,14 +126,11 @@ def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale: bool
     it the base); mergekit 0.1.5 keeps [n_bot:n_bot + keep] and drops no outlier there."""
     if density >= 1:
         return delta
-    n = delta.numel()
-    if fork and int(gamma * n) == 0:
+    window = breadcrumbs_window(density, gamma, delta.numel(), fork)
+    if window is None:
         return delta.mul_(0)  # (not zero_(): a negative entry becomes -0.0, as the fork's mask gives)
-    keep = int(density * n)
-    n_bot = max(0, n - keep - int(gamma * n))
     w = delta.abs() if scores is None else scores
-    window = bottom_k_mask(w, n_bot + keep) & ~bottom_k_mask(w, n_bot)
-    return _apply(delta, window, rescale)
+    return _apply(delta, bottom_k_mask(w, window[0]) & ~bottom_k_mask(w, window[1]), rescale)
 
 
 def dare(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True) -> torch.Tensor:

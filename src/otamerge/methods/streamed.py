@@ -104,14 +104,14 @@ def sparsity(kind: str | None, src: Source, inputs: TensorInputs, i: int) -> Spa
     if kind is None or p["density"] >= 1:
         return None
     if kind == "magnitude":
-        return _ranked(src, i, [(max(1, int(p["density"] * n)), True)], False, rescale)
+        return _ranked(src, i, [(sparsify.top_count(p["density"], n), True)], False, rescale)
     if kind == "random":
         return _random(src, inputs, i, p["density"], rescale)
-    if inputs.params.get("breadcrumbs_compat", "mergekit") == "fork" and int(p["gamma"] * n) == 0:
+    fork = inputs.params.get("breadcrumbs_compat", "mergekit") == "fork"
+    window = sparsify.breadcrumbs_window(p["density"], p["gamma"], n, fork)
+    if window is None:  # (a zero mask, no rescale: what breadcrumbs() does)
         return Sparsity(lambda: lambda s, delta: torch.zeros_like(delta, dtype=torch.bool), False)
-    keep = int(p["density"] * n)
-    n_bot = max(0, n - keep - int(p["gamma"] * n))
-    return _ranked(src, i, [(n_bot + keep, False), (n_bot, False)], True, rescale)
+    return _ranked(src, i, [(window[0], False), (window[1], False)], True, rescale)
 
 
 def l1_scale(src: Source, i: int, sp: Sparsity, shape: torch.Size) -> torch.Tensor | None:
