@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from otamerge.methods import streamed
+from otamerge.methods import get_method, streamed
 from otamerge.methods.base import TensorInputs
 from otamerge.methods.task_arithmetic import _whole
 
@@ -53,6 +53,17 @@ def test_slices_give_the_bits_of_whole_tensors(monkeypatch, method, rescale, tri
     for owned in (True, False):
         got = streamed.merge(inputs(owned), kind, consensus, torch.float32)
         assert got.dtype == torch.bfloat16 and torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+def test_a_nan_task_vector_is_ranked_on_the_whole_tensor_as_before():
+    base, models, _ = _family((30, 40))
+    models[1][3, 5] = float("nan")
+    params = {"rescale": False, "normalize": True, "lambda": 1.0}
+    inputs = TensorInputs("w", base, models, [None] * 3, [{"weight": 1.0, "density": 0.4}] * 3, params)
+    with pytest.raises(streamed.Unsliceable):
+        streamed.merge(inputs, "magnitude", True, torch.float32)
+    got = get_method("ties").merge(inputs)
+    assert torch.equal(got.view(torch.int32), _whole(inputs, "magnitude", True, torch.float32).view(torch.int32))
 
 
 CHILD = """

@@ -30,7 +30,7 @@ Masker = Callable[[slice, torch.Tensor], torch.Tensor]  # (slice, its task vecto
 
 
 class Unsliceable(Exception):
-    """A NaN importance: the whole-tensor path ranks it (torch.kthvalue's order)."""
+    """A NaN or negative score: the whole-tensor path ranks it (torch.kthvalue's order)."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,11 @@ class Source:
         return delta.abs() if imp is None else imp
 
     def score_chunks(self, i: int):
-        """A fresh pass over model i's scores; a NaN stops it (see Unsliceable)."""
+        """A fresh pass over model i's scores; a NaN or negative one stops it (Unsliceable)."""
         def chunks():
             for s in self.slices:
                 part = self.scores(i, s, self.delta(i, s))
-                if bool(part.isnan().any()):
+                if not bool(part.min() >= 0):  # (NaN too: the radix select ranks non-negative floats)
                     raise Unsliceable
                 yield part
         return chunks
