@@ -25,7 +25,8 @@ class Param:
 @dataclass
 class TensorInputs:
     """Everything a method needs to merge one tensor (or a row chunk of it), in the
-    compute dtype (fp32, or fp64 where the inputs are fp64)."""
+    compute dtype (fp32, or fp64 where the inputs are fp64); whole tensors for a method
+    with ``stored_inputs`` come in their stored dtype instead."""
 
     name: str
     base: torch.Tensor | None

@@ -38,7 +38,7 @@ def _sparsified(kind: str | None, inputs: TensorInputs, i: int, delta: torch.Ten
 
 
 def _whole(inputs: TensorInputs, kind: str | None, consensus: bool, compute: torch.dtype) -> torch.Tensor:
-    """On whole tensors in the compute dtype: fp64 inputs, and NaN importances."""
+    """On whole tensors in the compute dtype: for fp64 inputs, and NaN or negative scores."""
     def to(t):
         return None if t is None else t.to(compute)
     inputs = replace(inputs, base=to(inputs.base), models=[to(x) for x in inputs.models],
