@@ -92,9 +92,13 @@ def _random(src: Source, inputs: TensorInputs, i: int, density: float, rescale: 
         return lambda s, delta: sparsify.bernoulli(s.stop - s.start, density, gen).to(src.base.device)
     if not rescale:
         return Sparsity(start, False)
-    draw = start()  # the rescale's sums and the merge see the same mask: drawn once, kept
-    kept = {s.start: draw(s, None) for s in src.slices}
-    return Sparsity(lambda: lambda s, delta: kept[s.start], True)
+    # the rescale's sums and the merge see the same mask: drawn once and kept in one block
+    # (slice-sized masks kept among freed temporaries fragmented the heap by ~300 MB)
+    draw = start()
+    kept = torch.empty(src.base.numel(), dtype=torch.bool, device=src.base.device)
+    for s in src.slices:
+        kept[s] = draw(s, None)
+    return Sparsity(lambda: lambda s, delta: kept[s], True)
 
 
 def sparsity(kind: str | None, src: Source, inputs: TensorInputs, i: int) -> Sparsity | None:
