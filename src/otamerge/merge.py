@@ -22,7 +22,7 @@ from otamerge.config import MergeConfig
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.io.lora import open_model
-from otamerge.methods.base import TensorInputs
+from otamerge.methods.base import TensorInputs, compute_dtype
 from otamerge.io.model_config import read_config
 from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.io.resolve import resolve_model, resolve_preconditioner
@@ -96,24 +96,23 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
     if not plan.reference.dtype(name).is_floating_point:  # integer buffers: copied as they are
         writer.write(name, plan.reference.get(name))
         return
-    dtypes = [c.dtype(name) for c in [*plan.models, *([plan.base] if plan.base else [])]]
-    compute = torch.float64 if torch.float64 in dtypes else torch.float32
+    compute = compute_dtype([c.dtype(name) for c in [*plan.models, *([plan.base] if plan.base else [])]])
+    stored = plan.whole_tensors and cfg.method.stored_inputs  # the method converts slice by slice
     ranges = None if plan.whole_tensors else row_ranges(tp.shape, opts.chunk_bytes)
     for rows in ranges or [None]:
-        def load(ckpt: Checkpoint, key: str) -> torch.Tensor:
-            return ckpt.get(key, rows).to(device=device, dtype=compute)
+        def load(source: Checkpoint | Moments, key: str) -> torch.Tensor:
+            return source.get(key, rows).to(device=device, dtype=None if stored else compute)
 
-        moments = [None if mom is None else mom.get(name, rows).to(device=device, dtype=compute)
-                   for mom in plan.moments]
         inputs = TensorInputs(
             name=name,
             base=load(plan.base, name) if plan.base else None,
             models=[load(c, name) for c in plan.models],
-            moments=moments,
+            moments=[None if mom is None else load(mom, name) for mom in plan.moments],
             model_params=[m.params for m in cfg.models],
             params=cfg.params,
             seed=opts.seed,
             owned=True,  # read for this call only
+            out_dtype=tp.dtype,
         )
         writer.write(name, cfg.method.merge(inputs).to(tp.dtype))
 

@@ -48,6 +48,14 @@ def exact_thresholds(chunks: Chunks, densities: list[float]) -> tuple[list[float
 def kth_largest(chunks: Chunks, ranks: Callable[[int], list[int]]) -> tuple[list[float], int]:
     """The k-th largest value of non-negative chunks for each k in ``ranks(total)``
     (1 <= k <= total), and the total count."""
+    stats, total = rank_counts(chunks, ranks)
+    return [value for value, _, _ in stats], total
+
+
+def rank_counts(chunks: Chunks, ranks: Callable[[int], list[int]]) -> tuple[list[tuple[float, int, int]], int]:
+    """Like kth_largest, with each value's counts (value, entries greater, entries equal):
+    a top-k selection then knows how many ties at the threshold it keeps without another
+    pass over the chunks. Values are compared as their absolute values."""
     hi = None  # on the chunks' device (CPU or GPU)
     total = 0
     for s in chunks():
@@ -56,10 +64,10 @@ def kth_largest(chunks: Chunks, ranks: Callable[[int], list[int]]) -> tuple[list
         counts = torch.bincount(b >> 16, minlength=BINS)
         hi = counts if hi is None else hi + counts
     if total == 0:
-        return [math.inf for _ in ranks(0)], 0
+        return [(math.inf, 0, 0) for _ in ranks(0)], 0
     hi = hi.cpu()
-    wanted = [_select(hi, k) for k in ranks(total)]
-    lo = {b: torch.zeros(BINS, dtype=torch.int64) for b, _ in wanted}
+    wanted = [(k, *_select(hi, k)) for k in ranks(total)]
+    lo = {b: torch.zeros(BINS, dtype=torch.int64) for _, b, _ in wanted}
     for s in chunks():
         b = _bits(s)
         high = b >> 16
@@ -68,8 +76,8 @@ def kth_largest(chunks: Chunks, ranks: Callable[[int], list[int]]) -> tuple[list
             if sel.numel():
                 hist += torch.bincount(sel, minlength=BINS).cpu()
     out = []
-    for bin_, rank in wanted:
-        low, _ = _select(lo[bin_], rank)
+    for k, bin_, rank in wanted:
+        low, left = _select(lo[bin_], rank)  # left: the rank among the entries equal to the value
         bits = torch.tensor([(bin_ << 16) | low], dtype=torch.int32)
-        out.append(float(bits.view(torch.float32)))
+        out.append((float(bits.view(torch.float32)), k - left, int(lo[bin_][low])))
     return out, total

@@ -25,7 +25,8 @@ class Param:
 @dataclass
 class TensorInputs:
     """Everything a method needs to merge one tensor (or a row chunk of it), in the
-    compute dtype (fp32, or fp64 where the inputs are fp64)."""
+    compute dtype (fp32, or fp64 where the inputs are fp64); whole tensors for a method
+    with ``stored_inputs`` come in their stored dtype instead."""
 
     name: str
     base: torch.Tensor | None
@@ -34,7 +35,13 @@ class TensorInputs:
     model_params: list[dict[str, Any]]
     params: dict[str, Any]
     seed: int = 0
-    owned: bool = False  # the engine's own fresh copies: a method may overwrite models in place
+    owned: bool = False  # the engine's own fresh copies: a method may overwrite them in place
+    out_dtype: torch.dtype | None = None  # the output's dtype, for a method that writes it directly
+
+
+def compute_dtype(dtypes: list[torch.dtype]) -> torch.dtype:
+    """What a merge computes in: fp64 where an input (base or model) is fp64, else fp32."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class MergeMethod:
     ``preconditioner_path`` (OTA always; TIES-family trimming by curvature).
     whole_tensor: given the resolved parameters, whether the method must see whole tensors
     (top-k selection, random masks, norms); otherwise the engine may pass row chunks.
+    stored_inputs: whole tensors come in their stored dtype, not the compute dtype: the
+    method converts them slice by slice (a bf16 embedding is then not held in fp32).
     """
 
     name: str
@@ -54,4 +63,5 @@ class MergeMethod:
     base: str = "required"
     moments: Callable[[dict[str, Any], list[dict[str, Any]]], bool] = lambda p, mp: False
     whole_tensor: Callable[[dict[str, Any], list[dict[str, Any]]], bool] = lambda p, mp: False
+    stored_inputs: bool = False
     description: str = ""

@@ -20,7 +20,7 @@ import torch
 
 from otamerge.methods.base import MergeMethod, Param, TensorInputs
 from otamerge.methods.sparsify import RADIX_CHUNK, top_k_mask
-from otamerge.methods.task_arithmetic import agreeing
+from otamerge.methods.consensus import agreeing
 
 
 def variance_across(tvs: list[torch.Tensor]) -> torch.Tensor:

@@ -11,6 +11,8 @@ uses an unstable argsort there, so on exact ties its choice is unspecified.
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 from otamerge.ffg.threshold import kth_largest
@@ -67,12 +69,15 @@ def bottom_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     return _k_mask(values, k, largest=False)
 
 
+def l1_factor(before: torch.Tensor, after: torch.Tensor, eps: float = 1e-7) -> torch.Tensor | None:
+    """What brings the L1 norm ``after`` the drop back to ``before`` it (None: leave it)."""
+    return None if before < eps or after < eps else before / after
+
+
 def rescale_l1_(masked: torch.Tensor, before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Scale ``masked`` in place back to the L1 norm ``before`` it had (mergekit's `rescale`)."""
-    after = masked.abs().sum()
-    if before < eps or after < eps:
-        return masked
-    return masked.mul_(before / after)
+    factor = l1_factor(before, masked.abs().sum(), eps)
+    return masked if factor is None else masked.mul_(factor)
 
 
 def _apply(delta: torch.Tensor, flat_mask: torch.Tensor, rescale: bool) -> torch.Tensor:
@@ -92,8 +97,23 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool = False,
     importance of each entry; at least one)."""
     if density >= 1:
         return delta
-    k = max(1, int(density * delta.numel()))
+    k = top_count(density, delta.numel())
     return _apply(delta, top_k_mask(delta.abs() if scores is None else scores, k), rescale)
+
+
+def top_count(density: float, n: int) -> int:
+    """How many entries magnitude() keeps."""
+    return max(1, int(density * n))
+
+
+def breadcrumbs_window(density: float, gamma: float, n: int, fork: bool) -> tuple[int, int] | None:
+    """breadcrumbs() keeps the n_lo smallest entries but the n_bot smallest, as (n_lo, n_bot);
+    None where the fork keeps nothing."""
+    if fork and int(gamma * n) == 0:
+        return None
+    keep = int(density * n)
+    n_bot = max(0, n - keep - int(gamma * n))
+    return n_bot + keep, n_bot
 
 
 def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False,
@@ -106,14 +126,11 @@ def breadcrumbs(delta: torch.Tensor, density: float, gamma: float, rescale: bool
     it the base); mergekit 0.1.5 keeps [n_bot:n_bot + keep] and drops no outlier there."""
     if density >= 1:
         return delta
-    n = delta.numel()
-    if fork and int(gamma * n) == 0:
+    window = breadcrumbs_window(density, gamma, delta.numel(), fork)
+    if window is None:
         return delta.mul_(0)  # (not zero_(): a negative entry becomes -0.0, as the fork's mask gives)
-    keep = int(density * n)
-    n_bot = max(0, n - keep - int(gamma * n))
     w = delta.abs() if scores is None else scores
-    window = bottom_k_mask(w, n_bot + keep) & ~bottom_k_mask(w, n_bot)
-    return _apply(delta, window, rescale)
+    return _apply(delta, bottom_k_mask(w, window[0]) & ~bottom_k_mask(w, window[1]), rescale)
 
 
 def dare(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True) -> torch.Tensor:
@@ -121,6 +138,24 @@ def dare(delta: torch.Tensor, density: float, generator: torch.Generator, rescal
     from a seeded generator, so the result does not depend on the device)."""
     if density >= 1:
         return delta
-    probs = torch.full(delta.shape, density, dtype=torch.float32)
-    mask = torch.bernoulli(probs, generator=generator).to(delta.device, torch.bool)
-    return _apply(delta, mask.reshape(-1), rescale)
+    return _apply(delta, bernoulli(delta.numel(), density, generator).to(delta.device), rescale)
+
+
+def bernoulli(n: int, density: float, generator: torch.Generator) -> torch.Tensor:
+    """n draws (bool, CPU) of keep probability ``density``: the generator draws one entry
+    after the other, so n draws then m give the same mask as n + m draws at once."""
+    return torch.bernoulli(torch.full((n,), density, dtype=torch.float32), generator=generator).bool()
+
+
+def model_generator(seed: int, tensor: str, model_index: int) -> torch.Generator:
+    """A CPU generator per (seed, tensor, model): random masks do not depend on the order
+    in which tensors are processed, on chunking, or on the device."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{tensor}/{model_index}".encode()))
+
+
+def importance(trim_by: str, delta: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
+    """What trimming ranks entries by: None for |delta| (mergekit's rule); v * delta^2 for
+    fisher (v: Adam's second moment) and sparsegpt (v: the OBS importance, hessians.py)."""
+    if trim_by == "magnitude" or v is None:
+        return None
+    return delta.square().mul_(v)

@@ -10,33 +10,15 @@ with divisor = sum of the weights (of the agreeing models, under consensus) when
 
 from __future__ import annotations
 
-import zlib
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from otamerge.methods import sparsify
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
-
-
-def model_generator(seed: int, tensor: str, model_index: int) -> torch.Generator:
-    """A CPU generator per (seed, tensor, model): random masks do not depend on the order
-    in which tensors are processed, on chunking, or on the device."""
-    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{tensor}/{model_index}".encode()))
-
-
-def agreeing(weighted: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Entries whose sign is the elected one (``positive``: the sum is >= 0); zero entries
-    never agree, so they do not count in the divisor."""
-    return torch.where(positive, weighted > 0, weighted < 0)
-
-
-def importance(trim_by: str, delta: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor | None:
-    """What trimming ranks entries by: None for |delta| (mergekit's rule); v * delta^2 for
-    fisher (v: Adam's second moment) and sparsegpt (v: the OBS importance, hessians.py)."""
-    if trim_by == "magnitude" or v is None:
-        return None
-    return delta.square().mul_(v)
+from otamerge.methods import sparsify, streamed
+from otamerge.methods.base import MergeMethod, Param, TensorInputs, compute_dtype
+from otamerge.methods.consensus import combine
+from otamerge.methods.sparsify import importance, model_generator
 
 
 def _sparsified(kind: str | None, inputs: TensorInputs, i: int, delta: torch.Tensor) -> torch.Tensor:
@@ -55,40 +37,30 @@ def _sparsified(kind: str | None, inputs: TensorInputs, i: int, delta: torch.Ten
     return delta
 
 
-def _running_sum(terms):
-    """Sum in order, into the first term (the order torch.stack(...).sum(0) adds in)."""
-    total = None
-    for t in terms:
-        total = t if total is None else total.add_(t)
-    return total
+def _whole(inputs: TensorInputs, kind: str | None, consensus: bool, compute: torch.dtype) -> torch.Tensor:
+    """On whole tensors in the compute dtype: for fp64 inputs, and NaN or negative scores."""
+    def to(t):
+        return None if t is None else t.to(compute)
+    inputs = replace(inputs, base=to(inputs.base), models=[to(x) for x in inputs.models],
+                     moments=[to(v) for v in inputs.moments])
+    base = inputs.base
+    # one task vector at a time and in place: a few tensor-sized temporaries, not a
+    # stack of every expert's (TIES on a 32000 x 4096 embedding holds 4 copies, not 12)
+    weights = [float(torch.tensor(p["weight"], dtype=compute)) for p in inputs.model_params]
+    deltas = [_sparsified(kind, inputs, i, x.sub_(base) if inputs.owned else x - base).mul_(w)
+              for i, (x, w) in enumerate(zip(inputs.models, weights))]
+    return combine(deltas, weights, base, inputs.params, consensus)
 
 
 def task_arithmetic_family(sparsification: str | None, consensus: bool):
     def merge(inputs: TensorInputs) -> torch.Tensor:
-        # one task vector at a time and in place: a few tensor-sized temporaries, not a
-        # stack of every expert's (TIES on a 32000 x 4096 embedding holds 4 copies, not 12)
-        base = inputs.base
-        weights = [float(torch.tensor(p["weight"], dtype=base.dtype)) for p in inputs.model_params]
-        deltas = [_sparsified(sparsification, inputs, i, x.sub_(base) if inputs.owned else x - base).mul_(w)
-                  for i, (x, w) in enumerate(zip(inputs.models, weights))]
-        if consensus:
-            positive = _running_sum(d.clone() if i == 0 else d for i, d in enumerate(deltas)) >= 0
-            mixed = divisor = None
-            for d, w in zip(deltas, weights):  # sums in the order of the models
-                agree = agreeing(d, positive)
-                mixed = d.mul_(agree) if mixed is None else mixed.add_(d.mul_(agree))
-                divisor = agree.to(base.dtype).mul_(w) if divisor is None else divisor.add_(agree, alpha=w)
-            divisor.masked_fill_(divisor == 0, 1)
-        else:
-            mixed = _running_sum(deltas)
-            divisor = _running_sum(torch.tensor(w, dtype=base.dtype) for w in weights)
-            if divisor.abs() < 1e-8:
-                divisor.fill_(1)
-        if inputs.params["normalize"]:
-            mixed.div_(divisor.to(mixed.device))
-        if inputs.params["lambda"] != 1:
-            mixed.mul_(inputs.params["lambda"])
-        return mixed.add_(base)
+        compute = compute_dtype([t.dtype for t in [inputs.base, *inputs.models]])
+        if compute == torch.float32:  # (the radix select ranks fp32)
+            try:
+                return streamed.merge(inputs, sparsification, consensus, compute)
+            except streamed.Unsliceable:
+                pass
+        return _whole(inputs, sparsification, consensus, compute)
 
     return merge
 
@@ -125,6 +97,7 @@ def _method(name: str, sparsification: str | None, consensus: bool, normalize: b
         merge=task_arithmetic_family(sparsification, consensus),
         moments=_trims_by_curvature if ranked else (lambda p, mp: False),
         whole_tensor=_sparsifies if sparsification else (lambda p, mp: False),
+        stored_inputs=True,
         description=description,
     )
 
