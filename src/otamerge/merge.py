@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from otamerge.io.atomic import atomic_dir, check_space
 from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
+from otamerge.io.readahead import ChunkRead, ReadAhead
 from otamerge.config import MergeConfig
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
@@ -90,25 +92,57 @@ def make_plan(cfg: MergeConfig) -> Plan:
     return Plan(names, reference, base, models, moments, out, whole, tokenizer)
 
 
+def _compute_dtype(plan: Plan, name: str) -> torch.dtype:
+    dtypes = [c.dtype(name) for c in [*plan.models, *([plan.base] if plan.base else [])]]
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _ranges(plan: Plan, tp: TensorPlan, opts: MergeOptions) -> list[tuple[int, int]] | None:
+    return None if plan.whole_tensors else row_ranges(tp.shape, opts.chunk_bytes)
+
+
+def _chunk_reads(plan: Plan, opts: MergeOptions) -> list[ChunkRead]:
+    """Every row chunk the merge will read, in order (floating tensors only)."""
+    return [ChunkRead(tp.name, rows, _compute_dtype(plan, tp.name)) for tp in plan.out
+            if plan.reference.dtype(tp.name).is_floating_point for rows in _ranges(plan, tp, opts) or [None]]
+
+
+def _sources(plan: Plan) -> list:
+    """What a chunk reads, in order (so a first bad input is the one reported before):
+    moments, base, models."""
+    return [c for c in [*plan.moments, plan.base, *plan.models] if c is not None]
+
+
+def _split(plan: Plan, values: list[torch.Tensor]) -> tuple:
+    """ReadAhead's values (one per source) as base, models and moments (None where absent)."""
+    it = iter(values)
+    moments = [None if mom is None else next(it) for mom in plan.moments]
+    base = next(it) if plan.base else None
+    return base, [next(it) for _ in plan.models], moments
+
+
 def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.device,
-                  opts: MergeOptions, writer: ShardedWriter) -> None:
+                  opts: MergeOptions, writer: ShardedWriter, reader: ReadAhead | None) -> None:
     name = tp.name
     if not plan.reference.dtype(name).is_floating_point:  # integer buffers: copied as they are
         writer.write(name, plan.reference.get(name))
         return
-    dtypes = [c.dtype(name) for c in [*plan.models, *([plan.base] if plan.base else [])]]
-    compute = torch.float64 if torch.float64 in dtypes else torch.float32
-    ranges = None if plan.whole_tensors else row_ranges(tp.shape, opts.chunk_bytes)
+    compute = _compute_dtype(plan, name)
+    ranges = _ranges(plan, tp, opts)
     for rows in ranges or [None]:
         def load(ckpt: Checkpoint, key: str) -> torch.Tensor:
             return ckpt.get(key, rows).to(device=device, dtype=compute)
 
-        moments = [None if mom is None else mom.get(name, rows).to(device=device, dtype=compute)
-                   for mom in plan.moments]
+        if reader is not None:
+            base, models, moments = _split(plan, reader.take(name, rows))
+        else:  # whole tensors: read when needed, without a second tensor's worth read ahead
+            moments = [None if mom is None else mom.get(name, rows).to(device=device, dtype=compute)
+                       for mom in plan.moments]
+            base, models = load(plan.base, name) if plan.base else None, [load(c, name) for c in plan.models]
         inputs = TensorInputs(
             name=name,
-            base=load(plan.base, name) if plan.base else None,
-            models=[load(c, name) for c in plan.models],
+            base=base,
+            models=models,
             moments=moments,
             model_params=[m.params for m in cfg.models],
             params=cfg.params,
@@ -149,13 +183,16 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
     check_space(sum(tp.nbytes for tp in plan.out), Path(out_dir).parent, f"merge into {out_dir}")
     with atomic_dir(out_dir) as tmp:
         writer = ShardedWriter(tmp, plan.out, opts.out_shard_bytes)
-        inputs = [c for c in [plan.base, *plan.models, *plan.moments] if c is not None]
-        for i, tp in enumerate(tqdm(plan.out, desc=f"merge ({cfg.method.name})", unit="tensor",
-                                    disable=not opts.progress)):
-            if i + 1 < len(plan.out):  # the next tensor's bytes come in while this one is merged
-                for c in inputs:
-                    c.prefetch(plan.out[i + 1].name)
-            _merge_tensor(cfg, plan, tp, device, opts, writer)
+        inputs = _sources(plan)
+        # row chunks are read one ahead on a thread; whole tensors as they are needed
+        reader = None if plan.whole_tensors else ReadAhead(inputs, _chunk_reads(plan, opts), device)
+        with reader or nullcontext():
+            for i, tp in enumerate(tqdm(plan.out, desc=f"merge ({cfg.method.name})", unit="tensor",
+                                        disable=not opts.progress)):
+                if i + 1 < len(plan.out):  # the next tensor's bytes come in while this one is merged
+                    for c in inputs:
+                        c.prefetch(plan.out[i + 1].name)
+                _merge_tensor(cfg, plan, tp, device, opts, writer, reader)
         writer.close()
         _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
         plan.tokenizer.write(tmp)
