@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from otamerge.io.atomic import atomic_dir, check_space
 from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
+from otamerge.io.malloc import keep_freed_memory
 from otamerge.io.readahead import ChunkRead, ReadAhead
 from otamerge.config import MergeConfig
 from otamerge.device import pick_device
@@ -170,6 +171,7 @@ def _write_config(src: Path, out: Path, dtype: torch.dtype | None) -> None:
 def run_merge(cfg: MergeConfig, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
     """Merge per ``cfg`` into ``out_dir`` (written atomically); returns ``out_dir``."""
     device = pick_device(opts.device)
+    keep_freed_memory()
     plan = make_plan(cfg)
     try:
         _execute(cfg, plan, out_dir, device, opts)
