@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from tqdm import tqdm
 
 from otamerge.io.atomic import atomic_dir, check_space
 from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
+from otamerge.io.malloc import keep_freed_memory
+from otamerge.io.readahead import ChunkRead, ReadAhead
 from otamerge.config import MergeConfig
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
@@ -90,24 +93,57 @@ def make_plan(cfg: MergeConfig) -> Plan:
     return Plan(names, reference, base, models, moments, out, whole, tokenizer)
 
 
+def _compute_dtype(plan: Plan, name: str) -> torch.dtype:
+    return compute_dtype([c.dtype(name) for c in [*plan.models, *([plan.base] if plan.base else [])]])
+
+
+def _ranges(plan: Plan, tp: TensorPlan, opts: MergeOptions) -> list[tuple[int, int]] | None:
+    return None if plan.whole_tensors else row_ranges(tp.shape, opts.chunk_bytes)
+
+
+def _chunk_reads(plan: Plan, opts: MergeOptions) -> list[ChunkRead]:
+    """Every row chunk the merge will read, in order (floating tensors only)."""
+    return [ChunkRead(tp.name, rows, _compute_dtype(plan, tp.name)) for tp in plan.out
+            if plan.reference.dtype(tp.name).is_floating_point for rows in _ranges(plan, tp, opts) or [None]]
+
+
+def _sources(plan: Plan) -> list:
+    """What a chunk reads, in order (so a first bad input is the one reported before):
+    moments, base, models."""
+    return [c for c in [*plan.moments, plan.base, *plan.models] if c is not None]
+
+
+def _split(plan: Plan, values: list[torch.Tensor]) -> tuple:
+    """ReadAhead's values (one per source) as base, models and moments (None where absent)."""
+    it = iter(values)
+    moments = [None if mom is None else next(it) for mom in plan.moments]
+    base = next(it) if plan.base else None
+    return base, [next(it) for _ in plan.models], moments
+
+
 def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.device,
-                  opts: MergeOptions, writer: ShardedWriter) -> None:
+                  opts: MergeOptions, writer: ShardedWriter, reader: ReadAhead | None) -> None:
     name = tp.name
     if not plan.reference.dtype(name).is_floating_point:  # integer buffers: copied as they are
         writer.write(name, plan.reference.get(name))
         return
-    compute = compute_dtype([c.dtype(name) for c in [*plan.models, *([plan.base] if plan.base else [])]])
+    compute = _compute_dtype(plan, name)
     stored = plan.whole_tensors and cfg.method.stored_inputs  # the method converts slice by slice
-    ranges = None if plan.whole_tensors else row_ranges(tp.shape, opts.chunk_bytes)
+    ranges = _ranges(plan, tp, opts)
     for rows in ranges or [None]:
         def load(source: Checkpoint | Moments, key: str) -> torch.Tensor:
             return source.get(key, rows).to(device=device, dtype=None if stored else compute)
 
+        if reader is not None:
+            base, models, moments = _split(plan, reader.take(name, rows))
+        else:  # whole tensors: read when needed, without a second tensor's worth read ahead
+            moments = [None if mom is None else load(mom, name) for mom in plan.moments]
+            base, models = load(plan.base, name) if plan.base else None, [load(c, name) for c in plan.models]
         inputs = TensorInputs(
             name=name,
-            base=load(plan.base, name) if plan.base else None,
-            models=[load(c, name) for c in plan.models],
-            moments=[None if mom is None else load(mom, name) for mom in plan.moments],
+            base=base,
+            models=models,
+            moments=moments,
             model_params=[m.params for m in cfg.models],
             params=cfg.params,
             seed=opts.seed,
@@ -135,6 +171,7 @@ def _write_config(src: Path, out: Path, dtype: torch.dtype | None) -> None:
 def run_merge(cfg: MergeConfig, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
     """Merge per ``cfg`` into ``out_dir`` (written atomically); returns ``out_dir``."""
     device = pick_device(opts.device)
+    keep_freed_memory()
     plan = make_plan(cfg)
     try:
         _execute(cfg, plan, out_dir, device, opts)
@@ -148,13 +185,16 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
     check_space(sum(tp.nbytes for tp in plan.out), Path(out_dir).parent, f"merge into {out_dir}")
     with atomic_dir(out_dir) as tmp:
         writer = ShardedWriter(tmp, plan.out, opts.out_shard_bytes)
-        inputs = [c for c in [plan.base, *plan.models, *plan.moments] if c is not None]
-        for i, tp in enumerate(tqdm(plan.out, desc=f"merge ({cfg.method.name})", unit="tensor",
-                                    disable=not opts.progress)):
-            if i + 1 < len(plan.out):  # the next tensor's bytes come in while this one is merged
-                for c in inputs:
-                    c.prefetch(plan.out[i + 1].name)
-            _merge_tensor(cfg, plan, tp, device, opts, writer)
+        inputs = _sources(plan)
+        # row chunks are read one ahead on a thread; whole tensors as they are needed
+        reader = None if plan.whole_tensors else ReadAhead(inputs, _chunk_reads(plan, opts), device)
+        with reader or nullcontext():
+            for i, tp in enumerate(tqdm(plan.out, desc=f"merge ({cfg.method.name})", unit="tensor",
+                                        disable=not opts.progress)):
+                if i + 1 < len(plan.out):  # the next tensor's bytes come in while this one is merged
+                    for c in inputs:
+                        c.prefetch(plan.out[i + 1].name)
+                _merge_tensor(cfg, plan, tp, device, opts, writer, reader)
         writer.close()
         _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
         plan.tokenizer.write(tmp)
