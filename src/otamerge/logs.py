@@ -35,8 +35,9 @@ def to_file(path: str | Path | None) -> Iterator[None]:
 def job(path: str | Path | None) -> Iterator[None]:
     """The body of a workflow script: logged as ``to_file`` does; when it succeeds the
     process ends at once. A job has nothing left to do by then, and Python's teardown of
-    torch's and transformers' modules costs about 0.6 s of CPU per job (an evaluation job
-    of the demo does 0.6 s of work); every output is closed, so only stdio is flushed."""
+    the modules it imported costs 0.5-0.6 s when that is torch, 2 s with transformers
+    (benchmarks/job_startup.py; a demo evaluation does 0.6 s of work). Every output is
+    closed by then, so only stdio is flushed."""
     with to_file(path):
         yield
     sys.stdout.flush()
