@@ -121,24 +121,31 @@ def _split(plan: Plan, values: list[torch.Tensor]) -> tuple:
     return base, [next(it) for _ in plan.models], moments
 
 
+def _whole_inputs(cfg: MergeConfig, plan: Plan, name: str, device: torch.device) -> tuple:
+    """Whole tensors, read when needed (no second tensor's worth read ahead), as base, models
+    and moments: in their stored dtype for a method that converts them slice by slice, else
+    in the compute dtype. Read in _sources' order, so a first bad input is the one reported."""
+    dtype = None if cfg.method.stored_inputs else _compute_dtype(plan, name)
+
+    def load(source: Checkpoint | Moments) -> torch.Tensor:
+        return source.get(name).to(device=device, dtype=dtype)
+
+    moments = [None if mom is None else load(mom) for mom in plan.moments]
+    base = load(plan.base) if plan.base else None
+    return base, [load(c) for c in plan.models], moments
+
+
 def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.device,
                   opts: MergeOptions, writer: ShardedWriter, reader: ReadAhead | None) -> None:
     name = tp.name
     if not plan.reference.dtype(name).is_floating_point:  # integer buffers: copied as they are
         writer.write(name, plan.reference.get(name))
         return
-    compute = _compute_dtype(plan, name)
-    stored = plan.whole_tensors and cfg.method.stored_inputs  # the method converts slice by slice
-    ranges = _ranges(plan, tp, opts)
-    for rows in ranges or [None]:
-        def load(source: Checkpoint | Moments, key: str) -> torch.Tensor:
-            return source.get(key, rows).to(device=device, dtype=None if stored else compute)
-
+    for rows in _ranges(plan, tp, opts) or [None]:
         if reader is not None:
             base, models, moments = _split(plan, reader.take(name, rows))
-        else:  # whole tensors: read when needed, without a second tensor's worth read ahead
-            moments = [None if mom is None else load(mom, name) for mom in plan.moments]
-            base, models = load(plan.base, name) if plan.base else None, [load(c, name) for c in plan.models]
+        else:
+            base, models, moments = _whole_inputs(cfg, plan, name, device)
         inputs = TensorInputs(
             name=name,
             base=base,
