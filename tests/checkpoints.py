@@ -74,3 +74,37 @@ def swap_tokens(folder: Path, a: str, b: str) -> None:
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         w[name][[ia, ib]] = w[name][[ib, ia]]
     save_file(w, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def trainer_checkpoint(root: Path, steps: int = 3, seed: int = 0, tied: bool = True,
+                       base: Path | None = None) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A real ``transformers.Trainer`` run on CPU (a tiny Llama, AdamW with weight decay,
+    ``save_strategy="steps"``): returns its ``checkpoint-<steps>`` folder as the Trainer
+    wrote it, and the optimizer's exp_avg_sq at that step keyed by parameter name (read
+    from the live optimizer, so independent of any file). ``base`` (a model folder) is
+    fine-tuned instead of a fresh random model; its base model is saved in ``root/base``."""
+    from transformers import Trainer, TrainingArguments
+
+    tok = build_tokenizer()
+    if base is None:
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                          tie_word_embeddings=tied)
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+        model.save_pretrained(root / "base")
+        tok.save_pretrained(root / "base")
+    else:
+        model = LlamaForCausalLM.from_pretrained(base)
+    gen = torch.Generator().manual_seed(seed + 100)
+    rows = [torch.randint(3, len(tok), (8,), generator=gen) for _ in range(16)]
+    data = [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r} for r in rows]
+    args = TrainingArguments(output_dir=str(root / "run"), max_steps=steps, save_strategy="steps",
+                             save_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3,
+                             weight_decay=0.01, lr_scheduler_type="constant", report_to=[], use_cpu=True,
+                             logging_strategy="no", seed=seed, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    trainer.train()
+    opt = trainer.optimizer
+    live = {n: opt.state[p]["exp_avg_sq"].clone() for n, p in model.named_parameters()}
+    return root / "run" / f"checkpoint-{steps}", live

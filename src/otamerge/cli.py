@@ -108,17 +108,17 @@ def _cmd_ffg(args: argparse.Namespace) -> None:
 
 def _cmd_compress(args: argparse.Namespace) -> None:
     from otamerge.io.atomic import write_json
-    from otamerge.curvature.moments import Moments, compress, optimizer_moments, parameter_names
+    from otamerge.curvature.moments import Moments, compress
+    from otamerge.curvature.optimizer_state import convert
+    from otamerge.io.download import OPTIMIZER_SUFFIXES
 
     src = Path(args.input)
     with tempfile.TemporaryDirectory() as tmp:
-        if src.suffix in (".pt", ".pth", ".bin"):
+        if src.suffix in OPTIMIZER_SUFFIXES:
             if not args.model:
                 raise OtaMergeError(f"{src}: an optimizer state needs --model DIR to name its parameters")
-            from safetensors.torch import save_file
-
-            src = Path(tmp) / "exp_avg_sq.safetensors"  # named by the model's parameter order
-            save_file(optimizer_moments(args.input, parameter_names(args.model)), str(src))
+            src = Path(tmp) / "exp_avg_sq.safetensors"
+            convert(args.input, args.model, src)
         mom = Moments(src, f"moments {args.input}")
         names = mom.parameters()
         report = compress(mom, names, Path(args.output), rank=args.rank, progress=not args.quiet)
@@ -128,6 +128,18 @@ def _cmd_compress(args: argparse.Namespace) -> None:
         write_json(args.report, report)
     print(f"rank-{args.rank} moments: {report['compressed_bytes']:,} bytes instead of {report['full_bytes']:,} "
           f"({report['reduction']:.2%} smaller; 2-D tensors {report['reduction_2d']:.2%})")
+
+
+def _cmd_convert_optimizer(args: argparse.Namespace) -> None:
+    from otamerge.curvature.optimizer_state import convert
+
+    record = convert(args.input, args.model, args.output)
+    print(f"{args.output}: exp_avg_sq of {args.input} named by {record['layout']} "
+          f"(step {record.get('step', '?')}, betas {record.get('betas', '?')})")
+
+
+_OPTIMIZER_MODEL = ("model folder (config.json) whose parameters name the states of a .pt optimizer file: "
+                    "transformers.Trainer's grouping or the model's order, every shape checked")
 
 
 def _cmd_thresholds(args: argparse.Namespace) -> None:
@@ -216,10 +228,17 @@ def _add_ffg_commands(sub) -> None:
     c.add_argument("input", help="moments safetensors, or a torch optimizer state (.pt, with --model)")
     c.add_argument("output", help="compressed safetensors file")
     c.add_argument("--rank", type=int, default=1)
-    c.add_argument("--model", help="model folder whose parameter order numbers a .pt optimizer state")
+    c.add_argument("--model", help=_OPTIMIZER_MODEL)
     c.add_argument("--report", help="write the storage report (JSON) here")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_compress)
+
+    o = sub.add_parser("convert-optimizer", help="exp_avg_sq of a torch optimizer state (a Trainer's optimizer.pt) "
+                       "as a moments safetensors file keyed by parameter name")
+    o.add_argument("input", help="optimizer state file (.pt), read with weights_only=True")
+    o.add_argument("output", help="moments safetensors file (fp32; step count and betas in its metadata)")
+    o.add_argument("--model", required=True, help=_OPTIMIZER_MODEL)
+    o.set_defaults(func=_cmd_convert_optimizer)
 
     t = sub.add_parser("thresholds", help="choose FFG densities and write their thresholds into a merge config")
     t.add_argument("template", help="merge config whose models get precond_threshold")

@@ -10,8 +10,7 @@ or a compressed file written by ``otamerge compress-moments``:
     1-D tensors are stored as they are, under NAME.
 
 Both expand lazily, one tensor or row chunk at a time. A torch optimizer state file
-(``.pt``) is read with ``torch.load(weights_only=True)`` and its integer parameter ids
-mapped to names in the model's parameter order.
+(``.pt``) becomes such a file through ``optimizer_state.convert``, which names its states.
 """
 
 from __future__ import annotations
@@ -225,39 +224,3 @@ def correct_bias(src: Moments, out: str | Path, step: int | None = None, beta2: 
         writer.close()
         os.replace(Path(tmp) / writer.files[0], out)
     return applied
-
-
-def parameter_names(model_dir: str | Path) -> list[str]:
-    """The model's parameters in module order (the order a torch optimizer numbers them),
-    from its config.json on the meta device: no weights are loaded, no remote code run."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    return [n for n, _ in model.named_parameters()]
-
-
-def optimizer_moments(pt_file: str | Path, names: list[str]) -> dict[str, torch.Tensor]:
-    """exp_avg_sq of a torch optimizer state file, keyed by parameter name.
-
-    The file is loaded with ``weights_only=True`` (no pickle code runs); ids in its
-    param_groups are matched in order to ``names`` (the model's parameter order).
-    """
-    try:
-        state = torch.load(pt_file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise OtaMergeError(f"{pt_file}: not a loadable optimizer state with weights_only=True "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(state, dict) or "state" not in state:
-        raise OtaMergeError(f"{pt_file}: no 'state' in the optimizer file")
-    ids = [i for g in state.get("param_groups", []) for i in g.get("params", [])] or sorted(state["state"])
-    if len(ids) != len(names):
-        raise OtaMergeError(f"{pt_file}: the optimizer has {len(ids)} parameters, the model {len(names)}")
-    out = {}
-    for i, name in zip(ids, names):
-        entry = state["state"].get(i)
-        if not entry or "exp_avg_sq" not in entry:
-            raise OtaMergeError(f"{pt_file}: parameter {i} ({name}) has no exp_avg_sq")
-        out[name] = entry["exp_avg_sq"].float().contiguous()
-    return out

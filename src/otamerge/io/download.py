@@ -23,6 +23,7 @@ from otamerge.io.resolve import safe_relative, split_hub_path
 
 MANIFEST = "manifest.json"
 PRECONDITIONER = "preconditioner"  # + the source's suffix: where the moments land in the folder
+OPTIMIZER_SUFFIXES = (".pt", ".pth", ".bin")  # a torch optimizer state, converted to safetensors here
 NEEDED = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
           "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
           "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
@@ -121,6 +122,7 @@ def download(src: Source, dest: str | Path) -> Path:
                        "size": got.stat().st_size})
     if src.preconditioner and pre is None:  # a local preconditioner for a hub model
         record.append(_link_preconditioner(src, Path.cwd(), partial))
+    _name_optimizer_states(partial, record)
     manifest = {"name": src.name, "source": src.ref, "revision": src.revision, "commit": commit,
                 "files": record}
     for junk in (".cache", ".preconditioner"):
@@ -153,6 +155,25 @@ def _link_preconditioner(src: Source, folder: Path, partial: Path) -> dict:
     return {"path": target.name, "source": str(p.resolve()), "size": p.stat().st_size}
 
 
+def _name_optimizer_states(partial: Path, record: list[dict]) -> None:
+    """A torch optimizer state (a Trainer's ``optimizer.pt``) becomes the safetensors moments
+    every rule reads, its states named by the downloaded model's config (see
+    curvature/optimizer_state.py); the .pt file is not kept."""
+    pt = next((partial / r["path"] for r in record if Path(r["path"]).stem == PRECONDITIONER
+               and Path(r["path"]).suffix in OPTIMIZER_SUFFIXES), None)
+    if pt is None:
+        return
+    from otamerge.curvature.optimizer_state import TRAINER_STATE, convert
+
+    origin = next(r for r in record if partial / r["path"] == pt)
+    # a local Trainer checkpoint's trainer_state.json (its global step goes into the record)
+    beside = Path(origin["source"]).with_name(TRAINER_STATE) if "source" in origin else None
+    out = partial / f"{PRECONDITIONER}.safetensors"
+    origin["optimizer_state"] = convert(pt, partial, out, trainer_state=beside)
+    origin.update(path=out.name, size=out.stat().st_size, converted_from=pt.name)
+    pt.unlink()
+
+
 def _from_local(src: Source, dest: Path) -> Path:
     """A local folder: its needed files are hard-linked (copied across file systems)."""
     folder = Path(src.ref).expanduser()
@@ -168,6 +189,7 @@ def _from_local(src: Source, dest: Path) -> Path:
             record.append({"path": f, "size": (folder / f).stat().st_size})
         if src.preconditioner:
             record.append(_link_preconditioner(src, folder, partial))
+        _name_optimizer_states(partial, record)
     except BaseException:  # links are cheap to redo: leave nothing (a hub download keeps its partial to resume)
         shutil.rmtree(partial, ignore_errors=True)
         raise
