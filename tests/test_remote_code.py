@@ -11,7 +11,7 @@ import pytest
 from checkpoints import make_family
 from otamerge.evaluation.builtin import load_model
 from otamerge.evaluation.lm_eval import lm_eval_command
-from otamerge.curvature.moments import parameter_names
+from otamerge.curvature.optimizer_state import parameter_names
 
 EVIL = """import pathlib
 pathlib.Path(__file__).with_name("PWNED").write_text("remote code ran")
