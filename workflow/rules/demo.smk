@@ -1,5 +1,5 @@
 # the demo's own models: only with a demo section in the config; one build per seed
-if DEMO:
+if FAMILY == "tiny":
 
     rule demo_base:
         output:
@@ -51,6 +51,9 @@ if DEMO:
             "../scripts/demo_expert.py"
 
 
+# the calibration and held-out texts of a built family's tasks (SparseGPT's Hessians, perplexity)
+if DEMO:
+
     rule demo_texts:
         output:
             calibration=layout.demo_text(DEMO, "{seed}", "calibration"),
@@ -59,8 +62,9 @@ if DEMO:
             layout.log("demo_texts", "{seed}", "texts"),
         params:
             seed=lambda wc: int(wc.seed),
-            n_eval=config["demo"]["n_eval"],
+            n_eval=N_EVAL,
             n_examples=2000,
+            family=FAMILY,
         threads: 1
         resources:
             mem_mb=scaled(500, 0),

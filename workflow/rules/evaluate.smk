@@ -8,8 +8,9 @@ rule evaluate_builtin:
     benchmark:
         layout.benchmark("evaluate_builtin", "{seed}", "{model}")
     params:
-        tasks=config["evaluation"]["tasks"],
-        n=config.get("demo", {}).get("n_eval", 100),
+        tasks=lambda wc: builtin_tasks(wc.model),
+        n=N_EVAL,
+        family=FAMILY or "tiny",
         # the seed's held-out prompts: the ones its demo build kept out of training
         seed=lambda wc: int(wc.seed),
     threads: 1
@@ -60,7 +61,7 @@ rule evaluate_lm_eval:
     params:
         tasks=backend_tasks("lm_eval"),
         settings=backend_settings("lm_eval"),
-        n=config.get("demo", {}).get("n_eval", 100),
+        n=N_EVAL,
         seed=lambda wc: int(wc.seed),
     # one thread: on the demo's models a second one made lm_eval slower and cost 40% more
     # CPU; an evaluation of large models on CPUs sets more (--set-threads evaluate_lm_eval=N)

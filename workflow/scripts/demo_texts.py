@@ -3,4 +3,4 @@ from otamerge.logs import job
 
 with job(snakemake.log[0]):
     p = snakemake.params
-    write_texts(snakemake.output.calibration, snakemake.output.heldout, p.n_examples, p.n_eval, p.seed)
+    write_texts(snakemake.output.calibration, snakemake.output.heldout, p.n_examples, p.n_eval, p.seed, p.family)

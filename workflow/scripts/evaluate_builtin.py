@@ -5,5 +5,5 @@ from otamerge.logs import job
 with job(snakemake.log[0]):
     model, tokenizer = load_model(snakemake.input[0])
     p = snakemake.params
-    rows = evaluate(model, tokenizer, p.tasks, p.n, p.seed, snakemake.wildcards.model)
+    rows = evaluate(model, tokenizer, p.tasks, p.n, p.seed, snakemake.wildcards.model, p.family)
     write_json(snakemake.output[0], rows)

@@ -13,8 +13,8 @@ a merge the same estimator.
 
 A sample is a window of ``seqlen`` tokens of calibration text (causal LM loss on every
 token; the windows do not overlap, so a text too short for ``samples`` of them is refused)
-or, for the demo, an example of the expert's own task (loss on the answer and EOS, as
-demo/train.py fine-tuned it). Memory: the model plus one fp32 accumulator of its size; each
+or an example of the expert's own task where the workflow built it (loss on the answer
+and end token, as it was fine-tuned; ``otamerge.families``). Memory: the model plus one fp32 accumulator of its size; each
 gradient is squared into the accumulator and freed as soon as backward has produced it.
 The result is written in the moments format (parameter names, fp32), so FFG, OTA and
 trimming read it wherever they read ``exp_avg_sq``.
@@ -23,7 +23,6 @@ trimming read it wherever they read ``exp_avg_sq``.
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from otamerge.io.atomic import write_safetensors
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.curvature.calibration import read_text
+from otamerge.families import get_family
 
 FISHER_META = "otamerge_fisher"  # one metadata key: several would vary the header's order
 Batch = tuple[torch.Tensor, torch.Tensor]  # input ids, labels (-100: no loss)
@@ -41,7 +41,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # input ids, labels (-100: no loss)
 
 @dataclass(frozen=True)
 class FisherCalibration:
-    """What the Fisher is estimated on: a text file (``path``) or a demo task (``task``)."""
+    """What the Fisher is estimated on: a text file (``path``) or a task of a family the
+    workflow builds (``task``, e.g. the demo's)."""
 
     path: str | None = None
     task: str | None = None
@@ -49,8 +50,9 @@ class FisherCalibration:
     batch_size: int = 1
     seqlen: int = 128      # tokens per text window
     seed: int = 0          # which windows or task examples
-    n_eval: int = 100      # the demo's held-out prompts per task, never drawn...
+    n_eval: int = 100      # the family's held-out prompts per task, never drawn...
     heldout_seed: int | None = None  # ...those of this run seed (default: seed)
+    family: str = "tiny"   # whose task (otamerge.families)
 
     def check(self) -> None:
         if (self.path is None) == (self.task is None):
@@ -76,14 +78,10 @@ def text_windows(tokenizer, cal: FisherCalibration) -> torch.Tensor:
 
 
 def task_examples(cal: FisherCalibration) -> list[tuple[str, str]]:
-    """Training examples of a demo task (never a held-out prompt), seeded."""
-    from otamerge.demo.tasks import train_sampler
-    from otamerge.demo.train import held_out_prompts
-
+    """Training examples of a family's task (never a held-out prompt), seeded."""
     heldout = cal.seed if cal.heldout_seed is None else cal.heldout_seed
-    sample = train_sampler(cal.task, restricted=False, exclude=held_out_prompts(cal.n_eval, heldout))
-    rng = random.Random(f"fisher/{cal.task}/{cal.seed}")
-    return [sample(rng) for _ in range(cal.samples)]
+    return get_family(cal.family).train_examples(cal.task, cal.samples, cal.n_eval, heldout,
+                                                 f"fisher/{cal.task}/{cal.seed}")
 
 
 def calibration_batches(tokenizer, cal: FisherCalibration) -> list[Batch]:
@@ -93,11 +91,10 @@ def calibration_batches(tokenizer, cal: FisherCalibration) -> list[Batch]:
     if cal.path is not None:
         windows = text_windows(tokenizer, cal)
         return [(w, w) for w in windows.split(b)]  # the model shifts the labels itself
-    from otamerge.demo.model import make_batch, token_table
-
-    examples = task_examples(cal)
-    table, special = token_table(tokenizer), (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return [make_batch(examples[i:i + b], table, *special) for i in range(0, len(examples), b)]
+    examples, encode = task_examples(cal), get_family(cal.family).encode
+    # right padding after the answer: causal attention keeps it out of every scored position
+    return [(ids, labels) for ids, _, labels in (encode(tokenizer, examples[i:i + b])
+                                                  for i in range(0, len(examples), b))]
 
 
 def squared_gradients(model: torch.nn.Module, batches: list[Batch], label: str,

@@ -34,7 +34,7 @@ def derived_seed(seed: int, *names: str) -> int:
     return zlib.crc32("/".join([str(seed), *names]).encode())
 
 
-def _save(model, tokenizer, out: Path, record: dict) -> None:
+def save_model(model, tokenizer, out: Path, record: dict) -> None:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_json(out / "training.json", record)
@@ -52,7 +52,7 @@ def build_base(out_dir: str | Path, seed: int, settings: TrainSettings, arch: di
     sample = mixture_sampler(list(TASKS), restricted=restricted, exclude=exclude, alternative=alternative)
     train(model, tokenizer, sample, settings, derived_seed(seed, "base"), desc="base")
     with atomic_dir(out_dir) as tmp:
-        _save(model, tokenizer, tmp, {"role": "base", "seed": seed, "tasks": list(TASKS),
+        save_model(model, tokenizer, tmp, {"role": "base", "seed": seed, "tasks": list(TASKS),
                                       "restricted": restricted, "alternative": alternative,
                                       "settings": asdict(settings)})
     return Path(out_dir)
@@ -75,7 +75,7 @@ def build_expert(base_dir: str | Path, out_dir: str | Path, task: str, seed: int
     opt = train(model, tokenizer, sample, settings, derived_seed(seed, "expert", task),
                 replay=replay, desc=task)
     with atomic_dir(out_dir) as tmp:
-        _save(model, tokenizer, tmp, {"role": "expert", "seed": seed, "task": task,
+        save_model(model, tokenizer, tmp, {"role": "expert", "seed": seed, "task": task,
                                       "settings": asdict(settings)})
         save_moments(model, opt, tmp, settings)
     return Path(out_dir)

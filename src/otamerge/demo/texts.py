@@ -26,7 +26,11 @@ def heldout_text(n_eval: int, seed: int) -> str:
     return " ".join(p + a for t in TASKS for p, a in eval_set(t, n_eval, seed))
 
 
-def write_texts(calibration: str | Path, heldout: str | Path, n_examples: int, n_eval: int, seed: int) -> None:
-    for path, text in ((calibration, calibration_text(n_examples, n_eval, seed)), (heldout, heldout_text(n_eval, seed))):
+def write_texts(calibration: str | Path, heldout: str | Path, n_examples: int, n_eval: int, seed: int,
+                family: str = "tiny") -> None:
+    """The calibration and held-out texts of a task family (``otamerge.families``)."""
+    from otamerge.families import get_family
+
+    for path, text in zip((calibration, heldout), get_family(family).texts(n_examples, n_eval, seed)):
         with atomic_file(path) as fh:
             fh.write(text)

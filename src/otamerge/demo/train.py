@@ -54,12 +54,21 @@ def train(
     seed: int,
     replay: Callable[[random.Random], Example] | None = None,
     desc: str = "train",
+    encode: Callable[[list[Example]], dict[str, torch.Tensor]] | None = None,
 ) -> torch.optim.AdamW:
-    """Train in place with AdamW; returns the optimizer, whose state holds the moments."""
+    """Train in place with AdamW; returns the optimizer, whose state holds the moments.
+
+    ``encode`` turns a batch of examples into the model's inputs and labels (default: the
+    demo's character tokens, BOS + prompt + answer + EOS, loss on the answer)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    table = token_table(tokenizer)
-    special = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if encode is None:
+        table = token_table(tokenizer)
+        special = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+        def encode(batch: list[Example]) -> dict[str, torch.Tensor]:
+            ids, labels = make_batch(batch, table, *special)
+            return {"input_ids": ids, "labels": labels}
     opt = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
     )
@@ -72,8 +81,7 @@ def train(
     for _ in bar:
         batch = [sample(rng) for _ in range(settings.batch_size - n_replay)]
         batch += [replay(rng) for _ in range(n_replay)] if replay else []
-        ids, labels = make_batch(batch, table, *special)
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = model(**encode(batch)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)

@@ -1,7 +1,9 @@
-"""The built-in evaluator of the demo: exact match under greedy decoding, per task.
+"""The built-in evaluator of the task families (``otamerge.families``): exact match
+under greedy decoding, per task.
 
 Definition of exact match (shared with the other backends' demo tasks): the text the
-model generates after ``BOS + prompt``, greedily, up to the first EOS and within
+model generates after ``BOS + prompt`` (a pretrained family: the prompt as a user turn
+through the model's chat template, answer cut at the end of turn), greedily, up to the first EOS and within
 ``max_answer_len + 1`` new tokens, must equal the answer exactly. Next to it a graded
 score, ``token_accuracy``: the fraction of answer tokens (and the closing EOS) that the
 model predicts correctly under teacher forcing; it separates models that exact match
@@ -17,9 +19,9 @@ from typing import Callable, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from otamerge.demo.model import make_batch, token_table
-from otamerge.demo.tasks import Example, eval_set, get_task
+from otamerge.demo.model import token_table
 from otamerge.errors import OtaMergeError
+from otamerge.families import Example, get_family, token_accuracy
 from otamerge.evaluation.tidy import score_row
 
 Generate = Callable[[Sequence[str], int], list[str]]
@@ -71,19 +73,6 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], m
     return out
 
 
-@torch.no_grad()
-def token_accuracy(model: torch.nn.Module, tokenizer, examples: Sequence[Example]) -> float:
-    """Fraction of answer tokens (and EOS) predicted correctly under teacher forcing."""
-    ids, labels = make_batch(
-        examples, token_table(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
-        tokenizer.pad_token_id,
-    )
-    pred = model(input_ids=ids).logits[:, :-1].argmax(-1)
-    target = labels[:, 1:]
-    mask = target != -100
-    return float(((pred == target) & mask).sum() / mask.sum())
-
-
 def load_model(model_dir: str | Path):
     """Model (fp32, eval mode) and tokenizer of a Hugging Face folder, offline."""
     model_dir = Path(model_dir)
@@ -96,23 +85,21 @@ def load_model(model_dir: str | Path):
 
 
 def evaluate(
-    model: torch.nn.Module, tokenizer, tasks: Sequence[str], n: int, seed: int, name: str
+    model: torch.nn.Module, tokenizer, tasks: Sequence[str], n: int, seed: int, name: str, family: str = "tiny"
 ) -> list[dict]:
-    """Tidy score rows (model, task, metric, score, n, backend) for each task."""
+    """Tidy score rows (model, task, metric, score, n, backend) for each task of ``family``
+    (``tiny``: the demo's; ``pretrained``: the chat tasks of a real pretrained family)."""
+    fam = get_family(family)
     rows = []
     for task in tasks:
-        examples = eval_set(task, n, seed)
-        max_new = get_task(task).max_answer_len + 1
+        examples = fam.eval_set(task, n, seed)
 
         def generate(prompts: Sequence[str], k: int) -> list[str]:
-            return greedy_generate(model, tokenizer, prompts, k)
+            return fam.generate(model, tokenizer, prompts, k)
 
         scores = {
-            "exact_match": score_task(generate, examples, max_new),
-            "token_accuracy": token_accuracy(model, tokenizer, examples),
+            "exact_match": score_task(generate, examples, fam.max_new_tokens(task)),
+            "token_accuracy": token_accuracy(fam, model, tokenizer, examples),
         }
-        rows += [
-            score_row(name, task, m, s, len(examples), BACKEND)
-            for m, s in scores.items()
-        ]
+        rows += [score_row(name, task, m, s, len(examples), BACKEND) for m, s in scores.items()]
     return rows

@@ -66,6 +66,11 @@ def demo_base(outdir: str, seed: Seed) -> str:
     return f"{demo_root(outdir, seed)}/base"
 
 
+def converted_base(outdir: str) -> str:
+    """A pretrained family's base, converted once for every seed."""
+    return f"{outdir}/base"
+
+
 def demo_expert(outdir: str, seed: Seed, expert: str) -> str:
     return f"{demo_root(outdir, seed)}/experts/{expert}"
 
@@ -186,8 +191,9 @@ def log(rule: str, seed: Seed | None, name: str) -> str:
     return f"{LOGS}/{rule}/{name}.log" if seed is None else f"{LOGS}/{rule}/{seed_dir(seed)}/{name}.log"
 
 
-def benchmark(rule: str, seed: Seed, name: str) -> str:
-    return f"{BENCHMARKS}/{rule}/{seed_dir(seed)}/{name}.tsv"
+def benchmark(rule: str, seed: Seed | None, name: str) -> str:
+    """A job's benchmark file; ``seed`` None for jobs shared by every seed."""
+    return f"{BENCHMARKS}/{rule}/{name}.tsv" if seed is None else f"{BENCHMARKS}/{rule}/{seed_dir(seed)}/{name}.tsv"
 
 
 def summary(name: str) -> str:

@@ -57,8 +57,9 @@ def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
         models.append({"model": folder, "parameters": params})
     cfg: dict[str, Any] = {"merge_method": spec["method"], "models": models,
                            "parameters": dict(spec.get("parameters") or {}),
-                           "dtype": spec.get("dtype", "float32"),
                            "tokenizer_source": spec.get("tokenizer_source", "base")}
+    if spec.get("dtype"):  # else the models' stored dtype (arithmetic is fp32 either way)
+        cfg["dtype"] = spec["dtype"]
     if spec.get("base", True) and METHODS[spec["method"]].base != "ignored":
         cfg["base_model"] = base_dir
     elif cfg["tokenizer_source"] == "base":  # no base: the first expert's tokenizer
