@@ -95,6 +95,28 @@ def test_an_expert_without_moments_is_refused_only_where_they_are_read(tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def test_automatic_densities_from_lm_eval_scores_of_the_sweep(tmp_path):
+    """thresholds.backend lm_eval: lm_eval scores every candidate graft (on its expert's own
+    task), the merges' thresholds read those scores, and no builtin evaluator runs."""
+    cfg = tiny_config()
+    cfg["evaluation"].update(backends=["lm_eval"], tasks=["add", "reverse"], sweep_tasks="own")
+    cfg["thresholds"].update(backend="lm_eval")
+    del cfg["thresholds"]["score"]
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode != 0 and "thresholds.backend lm_eval needs thresholds.score" in res.stdout + res.stderr
+    cfg["thresholds"]["score"] = "exact_match"
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stderr[-2000:]
+    counts = job_counts(res.stdout + res.stderr)
+    # base, 2 experts, 2 merges, and 2 experts x 2 densities of the fisher sweep
+    assert counts["evaluate_lm_eval"] == 3 + 2 + 4 and "evaluate_builtin" not in counts, counts
+    config_job = re.search(r"^rule merge_config:\n(.*?)^\s*$", res.stdout, re.M | re.S)[1]
+    assert "results/seed0/evaluation/lm_eval/ffg/rev/fisher/0.5.json" in config_job
+    cfg["evaluation"]["backends"] = ["builtin"]
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode != 0 and "thresholds.backend lm_eval chooses the densities but is not in" in res.stdout
+
+
 def test_demo_jobs_ask_for_no_gpu_and_small_memory(tmp_path):
     res = snakemake(tmp_path, "-n", config=default_config())
     assert res.returncode == 0, res.stderr[-2000:]

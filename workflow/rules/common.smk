@@ -39,6 +39,9 @@ METRICS = config["ffg"]["metrics"]
 MERGES, MERGE_INFO = expand_merges({m: s for m, s in config["merges"].items() if s is not None}, EXPERTS,
                                    config.get("subsets"))
 BACKENDS = config["evaluation"]["backends"]
+# the backend and metric whose own-task scores choose automatic FFG densities
+THRESHOLD_BACKEND = config["thresholds"].get("backend", "builtin")
+THRESHOLD_SCORE = config["thresholds"].get("score", "token_accuracy" if THRESHOLD_BACKEND == "builtin" else None)
 # job sizes: the model's size in billions of parameters, and GPUs per GPU job
 SIZE_B = config.get("resources", {}).get("model_params_b", 1.0)
 GPUS = config.get("resources", {}).get("gpu", 0)
@@ -192,9 +195,9 @@ def merge_config_inputs(wildcards):
     if spec.get("ffg"):
         inputs["sweeps"] = [layout.graft_dir(seed, e, spec["ffg"], d) for e, d in ffg_points(wildcards.merge)]
         inputs["scores"] = [
-            layout.scores(seed, "builtin", layout.graft_name(e, spec["ffg"], d)) for e in experts
+            layout.scores(seed, THRESHOLD_BACKEND, layout.graft_name(e, spec["ffg"], d)) for e in experts
             if not fixed_density(e) for d in DENSITIES
-        ] + [layout.scores(seed, "builtin", e) for e in experts if not fixed_density(e)]
+        ] + [layout.scores(seed, THRESHOLD_BACKEND, e) for e in experts if not fixed_density(e)]
     return inputs
 
 
@@ -209,20 +212,20 @@ def merge_config_params(wildcards):
         params["thresholds"] = {
             "fixed": {e: fixed_density(e) for e in experts if fixed_density(e)},
             "retention": config["thresholds"].get("retention", 0.95),
-            "score": config["thresholds"].get("score", "token_accuracy"),
+            "score": THRESHOLD_SCORE,
             "tasks": {e: TASK[e] for e in experts},
             "points": ffg_points(wildcards.merge),  # one per input sweep folder, in order
         }
     return params
 
 
-def builtin_tasks(model):
-    """The builtin evaluator's tasks for a model: every task, but only its expert's own for
-    a sweep point where evaluation.sweep_tasks is own (what the density choice and the
-    sweep table read; minutes saved per graft on a real model)."""
+def model_tasks(backend, model):
+    """A backend's tasks for a model: every task, but only its expert's own for a sweep
+    point where evaluation.sweep_tasks is own (what the density choice and the sweep table
+    read; minutes saved per graft on a real model)."""
     if model.startswith("ffg/") and config["evaluation"].get("sweep_tasks", "all") == "own":
         return [TASK[model.split("/")[1]]]
-    return config["evaluation"]["tasks"]
+    return config["evaluation"]["tasks"] if backend == "builtin" else backend_tasks(backend)
 
 
 def backend_tasks(backend):
@@ -269,6 +272,13 @@ def require_sections():
                          "or curvature source empirical_fisher)")
     if FISHER_NEEDED and DEMO is None and "calibration" not in CURVATURE:
         raise ValueError("curvature source empirical_fisher needs curvature.calibration (text) for hub or local experts")
+    auto = config["thresholds"]["mode"] == "auto" and any(s.get("ffg") for s in MERGES.values())
+    if auto and THRESHOLD_BACKEND not in BACKENDS:
+        raise ValueError(f"thresholds.backend {THRESHOLD_BACKEND} chooses the densities but is not in "
+                         "evaluation.backends")
+    if auto and THRESHOLD_SCORE is None:
+        raise ValueError(f"thresholds.backend {THRESHOLD_BACKEND} needs thresholds.score: the metric of its "
+                         "score rows that retention applies to (e.g. exact_match)")
     if "perplexity" in BACKENDS and not PERPLEXITY_TEXTS:
         raise ValueError("evaluation backend perplexity needs evaluation.perplexity.texts")
 
@@ -298,12 +308,13 @@ def graft_candidates():
 
 
 def graft_scores():
-    """Score files of candidate grafts. The builtin evaluator scores every candidate (it
-    scores the whole sweep anyway); external evaluators, minutes per model, only grafts at
-    fixed densities: an automatic choice is known only once the sweep is scored."""
+    """Score files of candidate grafts. The backend the automatic densities are chosen by
+    (thresholds.backend, default builtin) scores every candidate; the other external
+    evaluators, minutes per model, only grafts at fixed densities: an automatic choice is
+    known only once the sweep is scored."""
     fixed = [p for p in graft_candidates() if fixed_density(p.split("/")[1])]
-    external = [b for b in BACKENDS if b != "builtin"]
-    return evaluated(graft_candidates(), [b for b in BACKENDS if b == "builtin"]) + evaluated(fixed, external)
+    every = [b for b in BACKENDS if b in ("builtin", THRESHOLD_BACKEND)]
+    return evaluated(graft_candidates(), every) + evaluated(fixed, [b for b in BACKENDS if b not in every])
 
 
 def merge_infos():

@@ -8,7 +8,7 @@ rule evaluate_builtin:
     benchmark:
         layout.benchmark("evaluate_builtin", "{seed}", "{model}")
     params:
-        tasks=lambda wc: builtin_tasks(wc.model),
+        tasks=lambda wc: model_tasks("builtin", wc.model),
         n=N_EVAL,
         family=FAMILY or "tiny",
         # the seed's held-out prompts: the ones its demo build kept out of training
@@ -35,7 +35,7 @@ rule evaluate_olmes:
     benchmark:
         layout.benchmark("evaluate_olmes", "{seed}", "{model}")
     params:
-        tasks=backend_tasks("olmes"),
+        tasks=lambda wc: model_tasks("olmes", wc.model),
         settings=backend_settings("olmes"),
     threads: 4
     resources:
@@ -59,7 +59,7 @@ rule evaluate_lm_eval:
     benchmark:
         layout.benchmark("evaluate_lm_eval", "{seed}", "{model}")
     params:
-        tasks=backend_tasks("lm_eval"),
+        tasks=lambda wc: model_tasks("lm_eval", wc.model),
         settings=backend_settings("lm_eval"),
         n=N_EVAL,
         seed=lambda wc: int(wc.seed),
