@@ -121,7 +121,9 @@ class LoraExpert:
         a_key, b_key, scale = self.delta[name]
         a, b = self.adapter.get(a_key).float(), self.adapter.get(b_key).float()
         # rows of the left factor, so that a row chunk has the bits of the whole tensor's rows
-        left, right = (a.T, b.T) if self.fan_in_fan_out else (b, a)  # fan_in_fan_out: W = (B A)^T
+        # fan_in_fan_out: W = (B A)^T. Contiguous factors: a transposed view sends the whole
+        # tensor and a row chunk to different BLAS kernels, whose sums differ in the last bit
+        left, right = (a.T.contiguous(), b.T.contiguous()) if self.fan_in_fan_out else (b, a)
         delta = (left if rows is None else left[rows[0]:rows[1]]) @ right
         return (w.float() + delta * scale).to(w.dtype)
 
