@@ -145,3 +145,25 @@ def test_the_real_family_runs_through_the_whole_workflow(tmp_path):
         got, want = load_file(out / "model.safetensors"), load_file(expert / "model.safetensors")
         assert got.keys() == want.keys()
         assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]) for k in want), method
+
+    # lm_eval over the family's task files (chat template, stop at <|im_end|>): every
+    # generation equals the builtin evaluator's, and so does the exact match
+    from otamerge.evaluation.builtin import evaluate as builtin_evaluate, load_model
+    from otamerge.evaluation.lm_eval import evaluate as lm_eval_evaluate
+    from otamerge.pretrained.chat import greedy_answers
+
+    out, tasks_ = tmp_path / "lm_eval", ["capital", "antonym"]
+    settings = {"batch_size": 8, "log_samples": True, "model_args": {"dtype": "float32"}}
+    rows = lm_eval_evaluate(expert, "capital", tasks_, out, settings, 8, 0, "pretrained")
+    model, tok = load_model(expert)
+    for task in tasks_:
+        docs = [json.loads(line) for f in out.rglob(f"samples_otamerge_{task}_*.jsonl")
+                for line in f.read_text().splitlines()]
+        got = {d["doc"]["prompt"]: d["resps"][0][0].strip() for d in docs}
+        prompts = [p for p, _ in tasks.eval_set(task, 8, 0)]
+        assert sorted(got) == sorted(prompts)
+        assert [got[p] for p in prompts] == greedy_answers(model, tok, prompts, tasks.get_task(task).max_new_tokens)
+    builtin = {r["task"]: r["score"] for r in builtin_evaluate(model, tok, tasks_, 8, 0, "capital", "pretrained")
+               if r["metric"] == "exact_match"}
+    assert {r["task"]: r["score"] for r in rows if r["metric"] == "exact_match"} == builtin
+

@@ -4,21 +4,24 @@
 + EOS). ``pretrained``: experts fine-tuned from a real pretrained chat model (SmolLM2),
 each example through the model's own chat template. A family says how its held-out
 prompts and training examples are drawn, how a batch of examples is encoded (loss on the
-answer only), and how a model answers prompts; the built-in evaluator and the empirical
-Fisher read a family from here instead of knowing the demo's tasks.
+answer only), how a model answers prompts, and where an answer ends; the built-in
+evaluator, lm_eval's task files and the empirical Fisher read a family from here instead
+of knowing the demo's tasks. Importing this module and reading a family's tasks imports
+no torch (lm_eval's job only writes task files); encoding and generating do.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Example = tuple[str, str]  # (prompt, exact answer)
 # (input_ids, attention_mask or None, labels with -100 where no loss)
-Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
+Batch = "tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]"
 
 
 @dataclass(frozen=True)
@@ -29,42 +32,65 @@ class Family:
     train_examples: Callable[[str, int, int, int, str], list[Example]]  # (task, count, n_eval, seed, stream)
     max_new_tokens: Callable[[str], int]
     encode: Callable[[object, Sequence[Example]], Batch]     # (tokenizer, examples)
-    generate: Callable[[torch.nn.Module, object, Sequence[str], int], list[str]]
+    generate: Callable[[object, object, Sequence[str], int], list[str]]  # (model, tokenizer, prompts, k)
     texts: Callable[[int, int, int], tuple[str, str]]  # (n_examples, n_eval, seed) -> (calibration, held-out)
+    stop: str            # the text of the token that ends an answer (lm_eval's generation stops there)
+    chat: bool = False   # prompts go through the tokenizer's chat template (lm_eval --apply_chat_template)
+
+
+def _draw(sample: Callable[[random.Random], Example], count: int, stream: str) -> list[Example]:
+    rng = random.Random(stream)
+    return [sample(rng) for _ in range(count)]
 
 
 def _tiny() -> Family:
     from otamerge.demo import tasks
-    from otamerge.demo.model import make_batch, token_table
-    from otamerge.demo.texts import calibration_text, heldout_text
-    from otamerge.demo.train import held_out_prompts
-    from otamerge.evaluation.builtin import greedy_generate
 
     def train_examples(task: str, count: int, n_eval: int, seed: int, stream: str) -> list[Example]:
-        sample = tasks.train_sampler(task, restricted=False, exclude=held_out_prompts(n_eval, seed))
-        rng = random.Random(stream)
-        return [sample(rng) for _ in range(count)]
+        from otamerge.demo.train import held_out_prompts
+
+        return _draw(tasks.train_sampler(task, restricted=False, exclude=held_out_prompts(n_eval, seed)), count, stream)
 
     def encode(tokenizer, examples: Sequence[Example]) -> Batch:
+        from otamerge.demo.model import make_batch, token_table
+
         ids, labels = make_batch(examples, token_table(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
                                  tokenizer.pad_token_id)
         return ids, None, labels
 
+    def generate(model, tokenizer, prompts: Sequence[str], k: int) -> list[str]:
+        from otamerge.evaluation.builtin import greedy_generate
+
+        return greedy_generate(model, tokenizer, prompts, k)
+
+    def texts(n: int, n_eval: int, seed: int) -> tuple[str, str]:
+        from otamerge.demo.texts import calibration_text, heldout_text
+
+        return calibration_text(n, n_eval, seed), heldout_text(n_eval, seed)
+
     return Family("tiny", lambda: list(tasks.TASKS), tasks.eval_set, train_examples,
-                  lambda t: tasks.get_task(t).max_answer_len + 1, encode, greedy_generate,
-                  lambda n, n_eval, seed: (calibration_text(n, n_eval, seed), heldout_text(n_eval, seed)))
+                  lambda t: tasks.get_task(t).max_answer_len + 1, encode, generate, texts, stop="</s>")
 
 
 def _pretrained() -> Family:
-    from otamerge.pretrained import chat, tasks
+    from otamerge.pretrained import tasks
 
     def train_examples(task: str, count: int, n_eval: int, seed: int, stream: str) -> list[Example]:
-        sample = tasks.train_sampler(task, n_eval, seed)
-        rng = random.Random(stream)
-        return [sample(rng) for _ in range(count)]
+        return _draw(tasks.train_sampler(task, n_eval, seed), count, stream)
+
+    def encode(tokenizer, examples: Sequence[Example]) -> Batch:
+        from otamerge.pretrained.chat import make_batch
+
+        return make_batch(tokenizer, examples)
+
+    def generate(model, tokenizer, prompts: Sequence[str], k: int) -> list[str]:
+        from otamerge.pretrained.chat import greedy_answers
+
+        return greedy_answers(model, tokenizer, prompts, k)
 
     return Family("pretrained", lambda: list(tasks.TASKS), tasks.eval_set, train_examples,
-                  lambda t: tasks.get_task(t).max_new_tokens, chat.make_batch, chat.greedy_answers, tasks.texts)
+                  lambda t: tasks.get_task(t).max_new_tokens, encode, generate, tasks.texts,
+                  stop="<|im_end|>", chat=True)
 
 
 FAMILIES = {"tiny": _tiny, "pretrained": _pretrained}
@@ -76,11 +102,13 @@ def get_family(name: str) -> Family:
     return FAMILIES[name]()
 
 
-@torch.no_grad()
-def token_accuracy(family: Family, model: torch.nn.Module, tokenizer, examples: Sequence[Example]) -> float:
+def token_accuracy(family: Family, model, tokenizer, examples: Sequence[Example]) -> float:
     """Share of answer tokens (and the closing end token) predicted right under teacher forcing."""
-    ids, mask, labels = family.encode(tokenizer, examples)
-    pred = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
+    import torch
+
+    with torch.no_grad():
+        ids, mask, labels = family.encode(tokenizer, examples)
+        pred = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
     target = labels[:, 1:]
     scored = target != -100
     return float(((pred == target) & scored).sum() / scored.sum())

@@ -63,6 +63,7 @@ rule evaluate_lm_eval:
         settings=backend_settings("lm_eval"),
         n=N_EVAL,
         seed=lambda wc: int(wc.seed),
+        family=FAMILY or "tiny",
     # one thread: on the demo's models a second one made lm_eval slower and cost 40% more
     # CPU; an evaluation of large models on CPUs sets more (--set-threads evaluate_lm_eval=N)
     threads: 1

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from otamerge.io.atomic import atomic_dir, check_space, write_safetensors
 from otamerge.curvature.calibration import Calibration, calibration_tokens
 from otamerge.io.checkpoint import Checkpoint
+from otamerge.io.digest import file_sha256
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.curvature.moments import META_KEY, OBS_KIND
@@ -164,19 +165,11 @@ def cache_key(model_dir: str | Path, cal: Calibration) -> dict:
     try:
         weights = hashlib.sha256()
         for f in sorted({ckpt.file_of(n) for n in ckpt.names()}):
-            weights.update(_sha256(f).encode())
+            weights.update(file_sha256(f).encode())
     finally:
         ckpt.close()
-    return {**asdict(cal), "path": str(cal.path), "calibration_sha256": _sha256(Path(cal.path)),
+    return {**asdict(cal), "path": str(cal.path), "calibration_sha256": file_sha256(cal.path),
             "weights_sha256": weights.hexdigest()}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _same_key(a: dict, b: dict) -> bool:

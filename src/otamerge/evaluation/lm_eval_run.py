@@ -25,6 +25,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", help="auto: CUDA when a GPU is visible, else the CPU")
     ap.add_argument("--limit", type=float, default=None)
     ap.add_argument("--log_samples", action="store_true")
+    ap.add_argument("--apply_chat_template", action="store_true")
     return ap.parse_args(argv)
 
 
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = simple_evaluate(model=args.model, model_args=args.model_args, tasks=tasks, batch_size=batch,
                               device=str(pick_device(args.device)), limit=limit, log_samples=args.log_samples,
+                              apply_chat_template=args.apply_chat_template,
                               evaluation_tracker=tracker, task_manager=manager)
     samples = results.pop("samples", None) if args.log_samples else None
     tracker.save_results_aggregated(results=results, samples=samples)

@@ -9,7 +9,6 @@ tokenizer (its chat template included) and a generation config.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from otamerge.errors import OtaMergeError
+from otamerge.io.digest import file_sha256
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,10 @@ def gguf_path(name: str) -> Path:
         raise OtaMergeError(f"base {name} needs {base.distribution}=={base.version} holding {base.file} "
                             f"(installed: {version}); {INSTALL.format(**vars(base))}")
     path = Path(found[0].locate())
-    digest = sha256(path)
+    digest = file_sha256(path)
     if digest != base.sha256:
         raise OtaMergeError(f"{path}: sha256 {digest}, expected {base.sha256}")
     return path
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert(name: str, out: str | Path, dtype: str = "bfloat16") -> dict:
