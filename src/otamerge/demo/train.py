@@ -20,7 +20,6 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from otamerge.demo.model import make_batch, token_table
 from otamerge.demo.settings import TrainSettings
 from otamerge.demo.tasks import TASKS, Example, eval_set, train_sampler
 from otamerge.curvature.moments import OPTIMIZER_KEY
@@ -54,21 +53,19 @@ def train(
     seed: int,
     replay: Callable[[random.Random], Example] | None = None,
     desc: str = "train",
-    encode: Callable[[list[Example]], dict[str, torch.Tensor]] | None = None,
+    encode: Callable | None = None,
 ) -> torch.optim.AdamW:
     """Train in place with AdamW; returns the optimizer, whose state holds the moments.
 
-    ``encode`` turns a batch of examples into the model's inputs and labels (default: the
-    demo's character tokens, BOS + prompt + answer + EOS, loss on the answer)."""
+    ``encode(tokenizer, examples)`` gives (input_ids, attention_mask or None, labels) with
+    the loss on the answer: a task family's encoding (``otamerge.families``; default the
+    demo's, BOS + prompt + answer + EOS in character tokens)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     if encode is None:
-        table = token_table(tokenizer)
-        special = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        from otamerge.families import get_family
 
-        def encode(batch: list[Example]) -> dict[str, torch.Tensor]:
-            ids, labels = make_batch(batch, table, *special)
-            return {"input_ids": ids, "labels": labels}
+        encode = get_family("tiny").encode
     opt = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
     )
@@ -81,7 +78,8 @@ def train(
     for _ in bar:
         batch = [sample(rng) for _ in range(settings.batch_size - n_replay)]
         batch += [replay(rng) for _ in range(n_replay)] if replay else []
-        loss = model(**encode(batch)).loss
+        ids, mask, labels = encode(tokenizer, batch)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)

@@ -39,15 +39,11 @@ def build_expert(base_dir: str | Path, out_dir: str | Path, task: str, seed: int
                                                  trust_remote_code=False)
     model.config.use_cache = False  # training: no KV cache
 
-    def encode(batch):
-        ids, mask, labels = make_batch(tokenizer, batch)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
     opt = train(model, tokenizer, train_sampler(task, n_eval, seed), settings,
-                derived_seed(seed, "expert", task), desc=task, encode=encode)
+                derived_seed(seed, "expert", task), desc=task, encode=make_batch)
     model.config.use_cache = True
     with atomic_dir(out_dir) as tmp:
         save_model(model.to(stored_dtype(base_dir)), tokenizer, tmp,
-              {"role": "expert", "seed": seed, "task": task, "settings": asdict(settings)})
+                   {"role": "expert", "seed": seed, "task": task, "settings": asdict(settings)})
         save_moments(model, opt, tmp, settings)
     return Path(out_dir)
