@@ -1,26 +1,53 @@
+from types import SimpleNamespace
+
 import torch
 
-from otamerge.demo.model import make_config, new_model
+from otamerge.demo.model import make_config, new_model, token_table
 from otamerge.demo.tasks import eval_set
 from otamerge.demo.tokenizer import build_tokenizer
-from otamerge.evaluation.builtin import exact_match, greedy_generate, score_task
+from otamerge.evaluation.builtin import exact_match, greedy_generate, score_examples
 from otamerge.families import get_family, token_accuracy
 
 EXAMPLES = eval_set("add", 30, seed=0) + eval_set("reverse", 30, seed=0)
 
 
-def test_oracle_scores_one_and_a_wrong_oracle_scores_zero():
-    answers = dict(EXAMPLES)
-
-    def oracle(prompts, k):
-        return [answers[p] for p in prompts]
-
-    def wrong(prompts, k):
-        return [answers[p] + "0" for p in prompts]  # right answer, then no EOS
-
-    assert score_task(oracle, EXAMPLES, 6) == 1.0
-    assert score_task(wrong, EXAMPLES, 6) == 0.0
+def test_exact_match_counts_equal_strings():
     assert exact_match(["a", "b", "c", "x"], ["a", "b", "c", "d"]) == 0.75
+    assert exact_match(["12"], ["12"]) == 1.0 and exact_match(["120"], ["12"]) == 0.0
+
+
+class Successor(torch.nn.Module):
+    """A bigram model: after digit d the argmax is d + 1, after 9 (or anything else) EOS.
+    Greedy decoding after a prompt ending in 7 gives "89"."""
+
+    def __init__(self, tok):
+        super().__init__()
+        table = token_table(tok)
+        self.logits = torch.zeros(len(tok), len(tok))
+        self.logits[:, tok.eos_token_id] = 1.0
+        for d in range(9):
+            self.logits[table[str(d)], table[str(d + 1)]] = 2.0
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, use_cache=False, cache=None):
+        logits = self.logits[input_ids]  # no context beyond the last token: the shared prefix's cache is empty
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits,
+                               cache=SimpleNamespace(batch_repeat_interleave=lambda n: None))
+
+
+def test_scores_from_one_teacher_forced_pass_equal_greedy_decoding_of_every_prompt():
+    """Only prompts not answered under teacher forcing are decoded; the exact match must be
+    the one of decoding them all: answers right, wrong, a prefix of the greedy answer, and
+    right but longer than the decoding budget."""
+    tok = build_tokenizer()
+    model, fam = Successor(tok), get_family("tiny")
+    examples = [("1+7", "89"), ("2+3", "456789"), ("3+3", "45"), ("4+4", "5678"), ("5+6", "7889"), ("6+2", "3")]
+    for k in (3, 7):
+        full = exact_match(greedy_generate(model, tok, [p for p, _ in examples], k), [a for _, a in examples])
+        got = score_examples(fam, model, tok, examples, k)
+        assert got["exact_match"] == full == (1 / 6 if k == 3 else 2 / 6)
+        # per token (answer and EOS): 3/3, 7/7, 2/3, 4/5, 4/5 (misses the second 8 only), 1/2
+        assert got["token_accuracy"] == token_accuracy(fam, model, tok, examples)
+        assert abs(got["token_accuracy"] - 21 / 25) < 1e-6
 
 
 def _model(seed=0):
