@@ -5,6 +5,11 @@ as a revision). Endpoints: ``HEAD|GET /{repo}/resolve/{rev}/{path}`` (Range hono
 ``GET /api/models/{repo}[/revision/{rev}]`` (``?blobs=true`` adds sizes) and
 ``GET /api/models/{repo}/tree/{rev}[/{path}]``. Files >= ``lfs_threshold`` bytes look like LFS (sha256
 ETag + X-Linked-Etag/Size). No X-Xet-* header is sent, so the client always uses plain HTTP.
+Writes (what ``create_repo`` and ``create_commit`` send): ``POST /api/repos/create``,
+``POST /api/validate-yaml`` (a README's front matter; part of the hub's checks),
+``POST /api/models/{repo}/preupload/{rev}`` and ``POST /api/models/{repo}/commit/{rev}`` (ndjson).
+Every file is accepted as a regular (base64, in the commit) upload: the stand-in serves no
+LFS or Xet upload, so large files travel inline.
 
 huggingface_hub copies HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE, HF_HUB_DISABLE_XET, ... into
 ``huggingface_hub.constants`` at import time, so setting env vars inside a test is too late: use
@@ -12,6 +17,7 @@ huggingface_hub copies HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE, HF_HUB_DISABLE_XET,
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -23,9 +29,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import yaml
+
 _INFO = re.compile(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$")
 _TREE = re.compile(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?$")
 _RESOLVE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_CREATE = "/api/repos/create"
+_VALIDATE = "/api/validate-yaml"
+_PREUPLOAD = re.compile(r"^/api/models/([^/]+/[^/]+)/preupload/([^/]+)$")
+_COMMIT = re.compile(r"^/api/models/([^/]+/[^/]+)/commit/([^/]+)$")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -122,6 +134,9 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             self._handle(body=True)
 
+        def do_POST(self) -> None:
+            self._handle(body=True)
+
         def _handle(self, body: bool) -> None:
             headers = {k.lower(): v for k, v in self.headers.items()}  # lower-case keys: easy lookups
             with hub._lock:
@@ -134,7 +149,9 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 if hub.token is not None and auth != f"Bearer {hub.token}":
                     # What the Hub answers for a gated repo without a valid token -> GatedRepoError.
                     raise _Missing(401, "GatedRepo", "Access to this model is restricted. You must be authenticated.")
-                if m := _RESOLVE.match(url.path):
+                if self.command == "POST":
+                    self._write(url.path, self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                elif m := _RESOLVE.match(url.path):
                     self._resolve(unquote(m[1]), unquote(m[2]), unquote(m[3]), body)
                 elif m := _TREE.match(url.path):
                     self._tree(unquote(m[1]), unquote(m[2]), unquote(m[3] or ""), parse_qs(url.query))
@@ -159,6 +176,61 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if body:
                 self.wfile.write(data)
+
+        def _write(self, path: str, data: bytes) -> None:
+            if path == _VALIDATE:  # what the hub checks of a README's front matter, in part
+                self._validate_yaml(json.loads(data)["content"])
+                return
+            if path == _CREATE:
+                req = json.loads(data)
+                repo_id = f"{req.get('organization') or 'user'}/{req['name']}"
+                reply: Any = {"url": f"{hub.url}/{repo_id}", "name": repo_id}
+                if (hub.root / repo_id).exists():  # the hub names the repo in its 409 too
+                    reply["error"] = f"You already created this model repo: {repo_id}"
+                    self._send(409, json.dumps(reply).encode(), "application/json", {}, True)
+                    return
+                (hub.root / repo_id / "main").mkdir(parents=True)
+            elif m := _PREUPLOAD.match(path):
+                hub._revision_dir(unquote(m[1]), unquote(m[2]))
+                reply = {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                   for f in json.loads(data)["files"]]}
+            elif m := _COMMIT.match(path):
+                repo_id = unquote(m[1])
+                base, sha = hub._revision_dir(repo_id, unquote(m[2]))
+                for line in data.splitlines():
+                    item = json.loads(line)
+                    if item["key"] == "file":
+                        target = (base / item["value"]["path"]).resolve()
+                        if not target.is_relative_to(base.resolve()):
+                            raise _Missing(400, None, f"bad path {item['value']['path']}")
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(base64.b64decode(item["value"]["content"]))
+                    elif item["key"] != "header":
+                        raise _Missing(400, None, f"the stand-in hub takes no {item['key']} operation")
+                reply = {"commitUrl": f"{hub.url}/{repo_id}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
+            else:
+                raise _Missing(404, None, f"No route for POST {path}")
+            self._send(200, json.dumps(reply).encode(), "application/json", {}, True)
+
+        def _validate_yaml(self, content: str) -> None:
+            """The front matter must be a YAML mapping whose base_model is a repo id or a list of
+            them and whose tags are a list of strings (400 with errors, as the hub answers)."""
+            errors = []
+            try:
+                meta = yaml.safe_load(content.split("---\n")[1]) if content.startswith("---\n") else {}
+            except yaml.YAMLError as exc:
+                meta, errors = {}, [f"YAML: {exc}"]
+            if not isinstance(meta, dict):
+                meta, errors = {}, ["the front matter is not a mapping"]
+            base = meta.get("base_model", [])
+            for b in [base] if isinstance(base, str) else base if isinstance(base, list) else [None]:
+                if not isinstance(b, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", b):
+                    errors.append(f'"base_model" must be a repo id or a list of them, got {b!r}')
+            tags = meta.get("tags", [])
+            if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+                errors.append('"tags" must be a list of strings')
+            reply = {"errors": [{"message": e} for e in errors]} if errors else {"warnings": []}
+            self._send(400 if errors else 200, json.dumps(reply).encode(), "application/json", {}, True)
 
         def _info(self, repo_id: str, revision: str, query: dict[str, list[str]]) -> None:
             base, sha = hub._revision_dir(repo_id, revision)

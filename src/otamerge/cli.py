@@ -178,6 +178,24 @@ def _cmd_download(args: argparse.Namespace) -> None:
     print(f"{args.source} ready in {out}")
 
 
+def _cmd_card(args: argparse.Namespace) -> None:
+    from otamerge.io.model_card import write_card
+
+    out = write_card(args.model_dir, args.out, args.thresholds, args.scores or (), args.title)
+    print(f"model card written to {out}")
+
+
+def _cmd_push(args: argparse.Namespace) -> None:
+    from otamerge.io.publish import push
+
+    done = push(args.model_dir, args.repo_id, args.card, private=not args.public, message=args.message)
+    print(f"{len(done['files'])} files pushed to {done['url']} (commit {done['commit']})")
+    if args.out:
+        from otamerge.io.atomic import write_json
+
+        write_json(args.out, done)
+
+
 def _streaming_options(p: argparse.ArgumentParser) -> None:
     """Options of the commands that stream models tensor by tensor."""
     p.add_argument("--chunk-mb", type=float, default=4, help="row chunk size per input, MiB of fp32 (bounds memory)")
@@ -209,6 +227,26 @@ def _add_model_commands(sub) -> None:
     m.add_argument("--seed", type=int, default=0, help="seed of random masks (DARE)")
     _streaming_options(m)
     m.set_defaults(func=_cmd_merge)
+
+
+def _add_publish_commands(sub) -> None:
+    """A merged model's card, and publishing it."""
+    cd = sub.add_parser("card", help="write a merged model's card (README.md with the hub's front matter)")
+    cd.add_argument("model_dir", help="merged model folder (its merge_config.yml)")
+    cd.add_argument("--out", help="card file (default: the folder's README.md)")
+    cd.add_argument("--thresholds", help="the merge's thresholds.csv (FFG densities chosen and why)")
+    cd.add_argument("--scores", nargs="*", help="score files (JSON rows: model, task, metric, score, n, backend)")
+    cd.add_argument("--title", help="the card's title")
+    cd.set_defaults(func=_cmd_card)
+
+    pu = sub.add_parser("push", help="publish a model folder to the Hugging Face hub (HF_TOKEN, HF_ENDPOINT)")
+    pu.add_argument("model_dir")
+    pu.add_argument("repo_id", help="owner/name; created if missing")
+    pu.add_argument("--card", help="card file uploaded as README.md (default: the folder's own)")
+    pu.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    pu.add_argument("--message", help="commit message")
+    pu.add_argument("--out", help="write the repo, commit and files pushed (JSON) here")
+    pu.set_defaults(func=_cmd_push)
 
 
 def _add_ffg_commands(sub) -> None:
@@ -298,7 +336,7 @@ def _add_curvature_commands(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otamerge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_model_commands, _add_ffg_commands, _add_evaluation_commands, _add_curvature_commands,
+    for add in (_add_model_commands, _add_publish_commands, _add_ffg_commands, _add_evaluation_commands, _add_curvature_commands,
                 add_fisher_parser):
         add(sub)
     return p

@@ -29,6 +29,7 @@ from otamerge.methods.base import TensorInputs, compute_dtype
 from otamerge.io.model_config import read_config
 from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.io.resolve import resolve_model, resolve_preconditioner
+from otamerge.io.model_card import CARD, render as render_card, sources as card_sources
 from otamerge.io.tokenizer_source import TokenizerPlan, plan_tokenizer
 from otamerge.io.writer import ShardedWriter, TensorPlan
 
@@ -206,6 +207,7 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
         _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
         plan.tokenizer.write(tmp)
         (tmp / "merge_config.yml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+        (tmp / CARD).write_text(render_card(cfg.raw, card_sources(cfg.raw)))  # like mergekit: every merge has one
 
 
 def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
