@@ -25,6 +25,8 @@ localrules:
     summary,
     retention,
     sweep_summary,
+    model_card,
+    publish,
 
 
 include: "workflow/rules/common.smk"
@@ -37,6 +39,7 @@ include: "workflow/rules/ffg.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/publish.smk"
 
 
 rule all:

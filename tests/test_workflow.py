@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -20,6 +21,7 @@ from otamerge.workflow import layout
 from otamerge.io.checkpoint import Checkpoint
 
 from conftest import REPO, build_tiny, default_config, tiny_config
+from hub_server import HubServer, point_client_at
 from workflow_utils import job_counts, most_threads_at_once, rule_resources, snakemake
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
@@ -268,7 +270,7 @@ def _parallel_run_writes_the_same_bytes_and_only_declared_files(tmp_path: Path, 
 
 
 @pytest.mark.long
-def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
+def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path, monkeypatch):
     cfg = tiny_config()
     cfg["demo"]["threads"] = 1
     cfg["evaluation"]["backends"] = ["builtin", "lm_eval", "perplexity"]
@@ -329,13 +331,14 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
         assert base64.b64decode(data) == (tmp_path / "wf/results" / name).read_bytes(), name
     assert (tmp_path / "wf/results/plots/methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "greedy generation up to EOS equals the answer" in html
+    _cards_and_publishing(tmp_path / "wf", cfg, monkeypatch)
     denser = copy.deepcopy(cfg)
     denser["ffg"]["densities"] = [0.10, 0.5, 0.3]  # 0.10 is the existing 0.1 point
     added = snakemake(tmp_path / "wf", "-n", config=denser)
     # the new point for each expert, its evaluation, and the aggregation downstream
     assert job_counts(added.stdout + added.stderr) == {
         "ffg": 2 * 2, "evaluate_builtin": 2 * 2 + 1, "evaluate_lm_eval": 1, "evaluate_perplexity": 1, "merge_config": 1,
-        "merge": 1, "summary": 1, "retention": 1, "sweep_summary": 1, "plots": 1, "all": 1}
+        "merge": 1, "model_card": 1, "summary": 1, "retention": 1, "sweep_summary": 1, "plots": 1, "all": 1}
     outputs = [line for line in added.stdout.splitlines() if line.strip().startswith("output:")]
     assert any(o.strip() == "output: results/seed0/ffg/add/fisher/0.3" for o in outputs)
     assert not any("results/seed0/ffg/add/fisher/0.1" in o for o in outputs)
@@ -350,6 +353,30 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path):
     outputs = [line for line in changed.stdout.splitlines() if line.strip().startswith("output:")]
     assert any("resources/demo/seed0/experts/rev" in o for o in outputs)
     assert not any("experts/add" in o or "ffg/add/" in o or "builtin/add.json" in o for o in outputs)
+
+
+def _cards_and_publishing(wf: Path, cfg: dict, monkeypatch) -> None:
+    """Each merge's card holds its scores and FFG choices; config publish pushes each merged
+    model with that card to the hub (the stand-in on 127.0.0.1), and nothing else reruns."""
+    card = ModelCard.load(wf / "results/seed0/merges/ota_ffg/README.md")
+    assert card.data.tags == ["merge", "otamerge", "ota"] and card.data.library_name == "transformers"
+    rows = json.loads((wf / layout.scores(0, "builtin", "merge/ota_ffg")).read_text())
+    em = next(r for r in rows if r["task"] == "add" and r["metric"] == "exact_match")
+    assert f"| builtin | add | exact_match | {em['score']:.4f} | {em['n']} |" in card.text
+    chosen = pd.read_csv(wf / "results/seed0/merges/ota_ffg/thresholds.csv")
+    assert f"| add | {chosen.loc[0, 'mode']} | {chosen.loc[0, 'density']} |" in card.text
+    published = {**cfg, "publish": {"repo": "lab/tiny-{merge}-s{seed}"}}
+    with HubServer(wf / "hub") as hub:
+        point_client_at(monkeypatch, hub.url, wf / "hfhome")
+        run = snakemake(wf, "--cores", "1", config=published)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert job_counts(run.stdout + run.stderr) == {"publish": 3, "all": 1}
+        for merge in ("ota_ffg", "ties", "ties_sparsegpt"):
+            served = hub.root / f"lab/tiny-{merge}-s0/main"
+            model = wf / layout.merged_model(0, merge)
+            assert (served / "README.md").read_bytes() == (wf / layout.model_card(0, merge)).read_bytes()
+            assert (served / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+            assert json.loads((wf / layout.published(0, merge)).read_text())["repo_id"] == f"lab/tiny-{merge}-s0"
 
 
 def _own_task_retention(wf: Path, seed: int, merge: str, experts: list[str], tasks: dict[str, str],

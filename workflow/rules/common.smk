@@ -9,6 +9,7 @@ from otamerge.demo.settings import base_data, expert_config
 from otamerge.ffg.densities import density_label
 from otamerge.workflow.merge_specs import FFG_METRICS
 from otamerge.workflow.merge_specs import moments_kind as merge_moments_kind
+from otamerge.workflow.publish import publish_repos
 from otamerge.workflow.seeds import config_seeds
 from otamerge.workflow.subsets import ALL, expand_merges
 
@@ -66,6 +67,8 @@ wildcard_constraints:
 
 
 PERPLEXITY_TEXTS = config["evaluation"].get("perplexity", {}).get("texts", {})
+# the merged models pushed to the hub with their cards: {(seed, merge): repo id}
+PUBLISHED = publish_repos(config.get("publish"), list(MERGES), SEEDS)
 
 
 def scaled(fixed, per_b):
@@ -327,14 +330,17 @@ RETENTION_TABLES = ["retention.md", "retention.csv", "retention_by_size.csv", "r
 
 
 def get_final_output():
-    """Every merged model of every seed with the thresholds it was made with, every sweep
-    point, and the cross-seed summary tables of the configured evaluation backends."""
+    """Every merged model of every seed with the thresholds it was made with and its card,
+    every sweep point, the cross-seed summary tables of the configured evaluation
+    backends, and the pushed merges (config publish)."""
     out = [f for s in SEEDS for m in MERGES for f in (layout.merged_model(s, m), layout.merge_thresholds(s, m))]
     out += [layout.model_folder(s, p) for s in SEEDS for p in sweep_models()]
     if BACKENDS:
         out += [layout.summary(t) for t in SUMMARY_TABLES]
         if MERGES:
             out += [layout.summary(t) for t in RETENTION_TABLES]
+    out += [layout.model_card(s, m) for s in SEEDS for m in MERGES]
+    out += [layout.published(s, m) for s, m in PUBLISHED]
     if "builtin" in BACKENDS:  # the sweep is scored by the builtin evaluator only
         out += [layout.summary("sweep.md"), layout.summary("thresholds.csv")]
         if FFG_MERGES:  # the plots show the grafts the first FFG merge chose

@@ -162,6 +162,16 @@ def merged_model(seed: Seed, merge: str) -> str:
     return f"{merge_dir(seed, merge)}/model"
 
 
+def model_card(seed: Seed, merge: str) -> str:
+    """A merged model's card with its scores (README.md, the hub's front matter)."""
+    return f"{merge_dir(seed, merge)}/README.md"
+
+
+def published(seed: Seed, merge: str) -> str:
+    """Where a merged model was pushed: repo, commit and files."""
+    return f"{merge_dir(seed, merge)}/published.json"
+
+
 def model_folder(seed: Seed, model: str) -> str:
     """The folder of a model by its name in the score tables: ``base``, an expert,
     ``ffg/<expert>/<metric>/<density>`` or ``merge/<merge>``."""
