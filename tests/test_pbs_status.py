@@ -191,7 +191,7 @@ def _props(**resources) -> dict:
 
 
 def test_resource_requests_per_dialect():
-    assert submit.resource_args(_props(gpu=1)) == ["-l", "select=1:ncpus=2:mem=4000mb:ngpus=1",
+    assert submit.resource_args(_props(gpu=1, pbs_dialect="pro")) == ["-l", "select=1:ncpus=2:mem=4000mb:ngpus=1",
                                                    "-l", "walltime=00:20:00"]
     assert submit.resource_args(_props(gpu=1, pbs_dialect="torque")) == [
         "-l", "nodes=1:ppn=2:gpus=1,mem=4000mb,walltime=00:20:00"]
@@ -199,10 +199,10 @@ def test_resource_requests_per_dialect():
         "-l", "nodes=1:ppn=2,mem=4000mb,walltime=00:20:00"]
     assert submit.resource_args(_props(gpu=2, pbs_dialect="torque", pbs_torque_gpus="naccelerators")) == [
         "-l", "nodes=1:ppn=2,naccelerators=2,mem=4000mb,walltime=00:20:00"]
-    with pytest.raises(SystemExit, match="pbs_dialect must be one of pro, torque, not 'slurm'"):
+    with pytest.raises(SystemExit, match="pbs_dialect must be one of auto, pro, torque, not 'slurm'"):
         submit.resource_args(_props(pbs_dialect="slurm"))
     with pytest.raises(SystemExit, match="pbs_queue 'gpu;reboot' has characters"):
-        submit.qsub_args(_props(pbs_queue="gpu;reboot"), "job.sh")
+        submit.qsub_args(_props(pbs_queue="gpu;reboot", pbs_dialect="pro"), "job.sh")
 
 
 def test_wrapper_records_the_jobscript_exit_status(tmp_path):

@@ -160,7 +160,8 @@ def _reported(printout: str) -> dict[str, datetime]:
 @pytest.mark.long
 def test_pbs_profile_torque_dialect_end_to_end_on_slurm_wlm_torque(tmp_path):
     """Part of the tiny DAG (base -> expert -> FFG, FFG a GPU rule) through the PBS profile
-    with pbs_dialect torque; the first FFG job fails and is retried with twice the memory."""
+    with no pbs_dialect set (auto finds torque); the first FFG job fails and is retried
+    with twice the memory."""
     assert _torque_client_up(), "OTAMERGE_REQUIRE_SLURM=1 but slurm-wlm-torque or SLURM is missing"
     cfg = tiny_config("cluster")
     hook = tmp_path / "hook"
@@ -173,11 +174,13 @@ def test_pbs_profile_torque_dialect_end_to_end_on_slurm_wlm_torque(tmp_path):
     res = snakemake(wf, "--profile", str(PBS), "--jobs", "4", "results/seed0/ffg/add/fisher/0.1",
                     "--latency-wait", "5", "--seconds-between-status-checks", "1",
                     "--max-status-checks-per-second", "20",
-                    "--default-resources", "mem_mb=4000", "runtime=60", "pbs_dialect=torque",
+                    "--default-resources", "mem_mb=4000", "runtime=60",  # pbs_dialect: auto, the default
                     "pbs_state_timeout=60", config=cfg, env=env, timeout=400)
     wall = time.monotonic() - start
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "ffg-failed").exists()
+    chosen = json.loads((wf / "logs/pbs/dialect.json").read_text())
+    assert chosen["dialect"] == "torque" and "calls sbatch" in chosen["why"], chosen
     jobs = _slurm_jobs_in(wf)
     print(f"\nend-to-end: {sum(map(len, jobs.values()))} SLURM jobs in {wall:.0f} s")
     for name, recs in jobs.items():

@@ -63,7 +63,7 @@ def test_pbs_submit_torque_dialect_and_refused_values(tmp_path):
     assert json.loads((tmp_path / "logs/pbs/jobs/id-123.pbs.json").read_text())["state_timeout"] == 60
     # a queue some qsub front ends would hand to a shell, an unknown dialect: refused, nothing submitted
     for bad, message in (({"pbs_queue": "gpu;reboot"}, "pbs_queue 'gpu;reboot' has characters"),
-                         ({"pbs_dialect": "lsf"}, "pbs_dialect must be one of pro, torque, not 'lsf'")):
+                         ({"pbs_dialect": "lsf"}, "pbs_dialect must be one of auto, pro, torque, not 'lsf'")):
         (tmp_path / "args").unlink(missing_ok=True)
         res = _submit(tmp_path, {"rule": "ffg", "resources": {"mem_mb": 1000, **bad}})
         assert res.returncode != 0 and message in res.stderr
@@ -118,3 +118,7 @@ def test_pbs_profile_runs_jobs_of_every_kind_against_a_pbs_stand_in(tmp_path):
     assert all(r["q"] == "gpuq" and r["A"] == "proj1" and r["o"] == "logs/pbs" for v in reqs.values() for r in v)
     assert reqs["ffg"][0]["N"] == "smk-ffg-0-add-fisher-0_1"
     assert list((tmp_path / "wf/logs/pbs").glob("*.fakepbs.log"))
+    # no pbs_dialect given: auto asked the stand-in once and chose pro
+    chosen = json.loads((tmp_path / "wf/logs/pbs/dialect.json").read_text())
+    assert (chosen["dialect"], chosen["why"]) == ("pro", "qstat --version: pbs_version = 23.06.06 (PBS Professional / OpenPBS)")
+    assert (tmp_path / "wf/logs/pbs/submit.log").read_text().count("pbs_dialect auto: pro") == 1

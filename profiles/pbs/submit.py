@@ -6,8 +6,9 @@ argument. The job's properties are read from the jobscript's ``# properties = {.
 line, and qsub is run with an argument list, so no value can inject into a shell.
 
 Settings, all under ``default-resources`` in the profile (or ``--default-resources``):
-  pbs_dialect        pro (PBS Pro / OpenPBS, the default) or torque (Torque, and
-                     Torque-compatible wrappers such as SLURM's slurm-wlm-torque)
+  pbs_dialect        auto (the default: asked of the cluster once, see dialect.py),
+                     pro (PBS Pro / OpenPBS) or torque (Torque, and Torque-compatible
+                     wrappers such as SLURM's slurm-wlm-torque)
   pbs_torque_gpus    torque only: gpus (``nodes=1:ppn=N:gpus=G``, the default) or
                      naccelerators (``naccelerators=G``, Cray-style Torque sites)
   pbs_queue, pbs_account   -q and -A (empty: not passed)
@@ -33,8 +34,9 @@ import uuid
 
 # status.py, beside this script, owns where job records live and how long a state may be unknown
 from status import DEFAULT_STATE_TIMEOUT, JOBS_DIR, record_path
+from dialect import resolve
 
-DIALECTS = ("pro", "torque")
+DIALECTS = ("auto", "pro", "torque")
 TORQUE_GPUS = ("gpus", "naccelerators")
 # queue and account names: some qsub front ends (slurm-wlm-torque's among them) pass their
 # arguments on through a shell, so only characters no shell interprets are accepted
@@ -65,7 +67,8 @@ def _choice(res: dict, key: str, allowed: tuple[str, ...]) -> str:
 
 
 def dialect(props: dict) -> str:
-    return _choice(props.get("resources", {}), "pbs_dialect", DIALECTS)
+    """pro or torque: the job's pbs_dialect, auto resolved (cached per working directory)."""
+    return resolve(_choice(props.get("resources", {}), "pbs_dialect", DIALECTS))
 
 
 def state_timeout(props: dict) -> int:
