@@ -9,6 +9,7 @@ every parameter's whole exp_avg_sq as the library itself reports it after traini
 """
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -58,24 +59,20 @@ def _fsdp_rank(rank: int, world: int, out: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-def fsdp(out: str) -> None:
-    import socket
-
-    import torch.multiprocessing as mp
-
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_fsdp_rank, args=(2, out, port), nprocs=2)
+        return s.getsockname()[1]
+
+
+def fsdp(out: str) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp_rank, args=(2, out, _free_port()), nprocs=2)
 
 
 def deepspeed_run(out: str) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0",
+    os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
     import deepspeed
     from deepspeed.utils import safe_get_full_optimizer_state
