@@ -38,7 +38,8 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
     assert job_counts(res.stdout + res.stderr) == {
         "demo_base": 1, "demo_expert": 5, "demo_texts": 1, "download": 6, "compress_moments": 5,
         "hessians": 1, "sparsegpt_importance": 1, "ffg": n_points, "merge_config": n_merges,
-        "merge": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1, "retention": 1,
+        "merge": n_merges, "model_card": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1,
+        "retention": 1,
         "sweep_summary": 1, "plots": 1, "all": 1,
         # lm_eval and perplexity score the main table's models; the builtin evaluator also the sweep
         **{f"evaluate_{b}": 6 + n_merges for b in external}}
@@ -57,7 +58,8 @@ def test_papers_config_validates_and_lists_the_whole_dag(tmp_path):
     # the experts and the merges
     assert job_counts(res.stdout + res.stderr) == {
         "download": 1 + experts, "compress_moments": 5, "ffg": experts * 2 * 6, "merge_config": merges,
-        "merge": merges, "evaluate_olmes": 1 + experts + merges, "summary": 1, "retention": 1, "all": 1}
+        "merge": merges, "model_card": merges, "evaluate_olmes": 1 + experts + merges, "summary": 1, "retention": 1,
+        "all": 1}
     assert "output: results/seed0/models/coding_tulu3" in res.stdout and "demo_base" not in res.stdout
     # 8.03B parameters: sizes scale with the model, and GPU rules ask for a GPU
     assert rule_resources(res.stdout, "merge") == {"gpu": "1", "mem_mb": "24075", "runtime": "91"}
@@ -202,7 +204,7 @@ def test_demo_seeds_is_the_default_demo_over_three_seeds_with_pairs(tmp_path):
     points = experts * 3 * densities
     assert job_counts(res.stdout + res.stderr) == {
         "demo_base": 3, "demo_expert": 3 * experts, "download": 3 * (1 + experts), "compress_moments": 3 * experts,
-        "ffg": 3 * points, "merge_config": 3 * merges, "merge": 3 * merges,
+        "ffg": 3 * points, "merge_config": 3 * merges, "merge": 3 * merges, "model_card": 3 * merges,
         "evaluate_builtin": 3 * (1 + experts + points + merges), "summary": 1, "retention": 1, "sweep_summary": 1,
         "plots": 1, "all": 1}
     assert "output: resources/demo/seed2/experts/facts" in res.stdout
