@@ -28,6 +28,7 @@ METHODS: dict[str, MethodTraits] = {
     "breadcrumbs": MethodTraits("required", "trim_by", (*_TASK_VECTOR, "gamma", "preconditioner_path")),
     "breadcrumbs_ties": MethodTraits("required", "trim_by", (*_TASK_VECTOR, "gamma", "preconditioner_path")),
     "multislerp": MethodTraits("optional", "never", ("weight",)),
+    "slerp": MethodTraits("required", "never", ()),
     "sce": MethodTraits("required", "never", _TASK_VECTOR),
     "ota": MethodTraits("optional", "always", ("preconditioner_path", "precond_threshold", "scaling_factor",
                                                "rank1_approx", "rank", "weight")),
