@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from otamerge.errors import OtaMergeError
-from otamerge.methods import linear, multislerp, ota, sce, slerp, task_arithmetic
+from otamerge.methods import linear, model_stock, multislerp, nearswap, ota, sce, slerp, task_arithmetic
 from otamerge.methods.base import MergeMethod
 
 METHODS: dict[str, MergeMethod] = {
-    m.name: m for module in (linear, task_arithmetic, multislerp, slerp, sce, ota) for m in module.METHODS
+    m.name: m for module in (linear, task_arithmetic, multislerp, slerp, nearswap, model_stock, sce, ota) for m in module.METHODS
 }
 
 

@@ -29,6 +29,8 @@ METHODS: dict[str, MethodTraits] = {
     "breadcrumbs_ties": MethodTraits("required", "trim_by", (*_TASK_VECTOR, "gamma", "preconditioner_path")),
     "multislerp": MethodTraits("optional", "never", ("weight",)),
     "slerp": MethodTraits("required", "never", ()),
+    "nearswap": MethodTraits("required", "never", ()),
+    "model_stock": MethodTraits("required", "never", ()),
     "sce": MethodTraits("required", "never", _TASK_VECTOR),
     "ota": MethodTraits("optional", "always", ("preconditioner_path", "precond_threshold", "scaling_factor",
                                                "rank1_approx", "rank", "weight")),
