@@ -48,7 +48,9 @@ CASES = {  # method: per-model extra parameters (density 1.0 unless given)
     "slerp@0.8": {},
     "nearswap": {},  # the base and expert0 (two models, like slerp)
     "model_stock": {},
-    "model_stock@rows": {},  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
+    "model_stock@rows": {},
+    "karcher@nobase": {},
+    "passthrough@nobase": {"scale": 0.5},  # one model (expert0)  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
 }
 GLOBAL = {"sce@0.3": {"select_topk": 0.3}, "slerp": {"t": 0.3}, "slerp@0.8": {"t": 0.8},
           "nearswap": {"t": 0.01}, "model_stock@rows": {"filter_wise": True}}  # case: global parameters
@@ -62,8 +64,10 @@ def family(tmp_path_factory):
 def _config(family, case: str, out_dtype: str | None, dtype: str = "float32") -> dict:
     method = case.split("@")[0]
     models = [{"model": str(family[f"expert{i}"]),
-               "parameters": {} if method == "model_stock" else {"weight": w, **CASES[case]}}
+               "parameters": {} if method in ("model_stock", "karcher") else {"weight": w, **CASES[case]}}
               for i, w in enumerate(WEIGHTS)]
+    if method == "passthrough":
+        models = [{"model": str(family["expert0"]), "parameters": CASES[case]}]
     if method in ("slerp", "nearswap"):  # mergekit's way of writing it: both models listed, one of them the base
         models = [{"model": str(family["base"])}, {"model": str(family["expert0"])}]
     cfg = {"merge_method": method, "models": models, "dtype": dtype, "parameters": GLOBAL.get(case, {})}

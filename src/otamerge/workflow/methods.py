@@ -31,6 +31,8 @@ METHODS: dict[str, MethodTraits] = {
     "slerp": MethodTraits("required", "never", ()),
     "nearswap": MethodTraits("required", "never", ()),
     "model_stock": MethodTraits("required", "never", ()),
+    "karcher": MethodTraits("ignored", "never", ()),
+    "passthrough": MethodTraits("ignored", "never", ("scale",)),
     "sce": MethodTraits("required", "never", _TASK_VECTOR),
     "ota": MethodTraits("optional", "always", ("preconditioner_path", "precond_threshold", "scaling_factor",
                                                "rank1_approx", "rank", "weight")),
