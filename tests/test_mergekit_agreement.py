@@ -50,10 +50,16 @@ CASES = {  # method: per-model extra parameters (density 1.0 unless given)
     "model_stock": {},
     "model_stock@rows": {},
     "karcher@nobase": {},
+    "nuslerp": {},  # expert0 and expert1 (two models besides the base), weights 0.5 and 0.3
+    "nuslerp@nobase": {},
+    "nuslerp@rows": {},
+    "nuslerp@lastdim": {},
     "passthrough@nobase": {"scale": 0.5},  # one model (expert0)  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
 }
 GLOBAL = {"sce@0.3": {"select_topk": 0.3}, "slerp": {"t": 0.3}, "slerp@0.8": {"t": 0.8},
-          "nearswap": {"t": 0.01}, "model_stock@rows": {"filter_wise": True}}  # case: global parameters
+          "nearswap": {"t": 0.01}, "model_stock@rows": {"filter_wise": True},
+          "nuslerp@rows": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
+          "nuslerp@lastdim": {"nuslerp_flatten": False}}  # case: global parameters
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,8 @@ def _config(family, case: str, out_dtype: str | None, dtype: str = "float32") ->
     models = [{"model": str(family[f"expert{i}"]),
                "parameters": {} if method in ("model_stock", "karcher") else {"weight": w, **CASES[case]}}
               for i, w in enumerate(WEIGHTS)]
+    if method == "nuslerp":
+        models = models[:2]
     if method == "passthrough":
         models = [{"model": str(family["expert0"]), "parameters": CASES[case]}]
     if method in ("slerp", "nearswap"):  # mergekit's way of writing it: both models listed, one of them the base

@@ -29,6 +29,7 @@ METHODS: dict[str, MethodTraits] = {
     "breadcrumbs_ties": MethodTraits("required", "trim_by", (*_TASK_VECTOR, "gamma", "preconditioner_path")),
     "multislerp": MethodTraits("optional", "never", ("weight",)),
     "slerp": MethodTraits("required", "never", ()),
+    "nuslerp": MethodTraits("optional", "never", ("weight",)),
     "nearswap": MethodTraits("required", "never", ()),
     "model_stock": MethodTraits("required", "never", ()),
     "karcher": MethodTraits("ignored", "never", ()),
