@@ -54,12 +54,16 @@ CASES = {  # method: per-model extra parameters (density 1.0 unless given)
     "nuslerp@nobase": {},
     "nuslerp@rows": {},
     "nuslerp@lastdim": {},
-    "passthrough@nobase": {"scale": 0.5},  # one model (expert0)  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
+    "passthrough@nobase": {"scale": 0.5},  # one model (expert0)
+    "ram": {},
+    "ram@0.02": {},
+    "ramplus_tl@0.02": {},  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
 }
 GLOBAL = {"sce@0.3": {"select_topk": 0.3}, "slerp": {"t": 0.3}, "slerp@0.8": {"t": 0.8},
           "nearswap": {"t": 0.01}, "model_stock@rows": {"filter_wise": True},
           "nuslerp@rows": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
-          "nuslerp@lastdim": {"nuslerp_flatten": False}}  # case: global parameters
+          "nuslerp@lastdim": {"nuslerp_flatten": False},
+          "ram@0.02": {"epsilon": 0.02}, "ramplus_tl@0.02": {"epsilon": 0.02, "r": 0.5, "alpha": 0.9}}  # case: global parameters
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,8 @@ def family(tmp_path_factory):
 def _config(family, case: str, out_dtype: str | None, dtype: str = "float32") -> dict:
     method = case.split("@")[0]
     models = [{"model": str(family[f"expert{i}"]),
-               "parameters": {} if method in ("model_stock", "karcher") else {"weight": w, **CASES[case]}}
+               "parameters": {} if method in ("model_stock", "karcher", "ram", "ramplus_tl")
+               else {"weight": w, **CASES[case]}}
               for i, w in enumerate(WEIGHTS)]
     if method == "nuslerp":
         models = models[:2]

@@ -34,6 +34,8 @@ METHODS: dict[str, MethodTraits] = {
     "model_stock": MethodTraits("required", "never", ()),
     "karcher": MethodTraits("ignored", "never", ()),
     "passthrough": MethodTraits("ignored", "never", ("scale",)),
+    "ram": MethodTraits("required", "never", ()),
+    "ramplus_tl": MethodTraits("required", "never", ()),
     "sce": MethodTraits("required", "never", _TASK_VECTOR),
     "ota": MethodTraits("optional", "always", ("preconditioner_path", "precond_threshold", "scaling_factor",
                                                "rank1_approx", "rank", "weight")),
