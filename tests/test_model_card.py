@@ -106,3 +106,16 @@ def test_a_card_the_hub_refuses_is_a_one_line_error_and_nothing_is_committed(hub
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Invalid metadata in README.md" in err and "base_model" in err
     assert list((hub.root / "lab/bad/main").iterdir()) == []
+
+
+def test_the_card_names_the_models_as_the_parsed_config_does(family, tmp_path):
+    """base_model as a mapping ({model: ...}, which mergekit accepts) and the base listed among
+    the models: the card lists the base once, and the other models."""
+    cfg = {"merge_method": "task_arithmetic", "base_model": {"model": str(family["base"])}, "dtype": "float32",
+           "models": [{"model": str(family["base"])}, {"model": str(family["expert1"]), "parameters": {"weight": 1.0}}]}
+    path = tmp_path / "merge.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["merge", str(path), str(tmp_path / "merged"), "--quiet"]) == 0
+    text = (tmp_path / "merged/README.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| base |") or line.startswith("| model |")]
+    assert table == [f"| base | {family['base']} |  |  |  |", f"| model | {family['expert1']} |  |  | weight: 1.0 |"]

@@ -207,7 +207,8 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
         _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
         plan.tokenizer.write(tmp)
         (tmp / "merge_config.yml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
-        (tmp / CARD).write_text(render_card(cfg.raw, card_sources(cfg.raw)))  # like mergekit: every merge has one
+        # like mergekit's, every merged folder has a card
+        (tmp / CARD).write_text(render_card(cfg.raw, card_sources(cfg.base, [m.ref for m in cfg.models])))
 
 
 def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:

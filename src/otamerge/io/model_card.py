@@ -25,14 +25,14 @@ CARD = "README.md"
 MANIFEST = "manifest.json"  # io/download.py writes it; read here without importing the hub client
 
 
-def sources(cfg_raw: dict, root: str | Path = ".") -> list[dict]:
-    """(role, path, source, revision, commit) of the base and every model of a merge config;
-    source, revision and commit from the model folder's manifest.json where it has one."""
-    listed = [("base", cfg_raw["base_model"])] if cfg_raw.get("base_model") else []
-    listed += [("model", m["model"] if isinstance(m, dict) else m) for m in cfg_raw.get("models") or []]
+def sources(base: str | None, models: Sequence[str]) -> list[dict]:
+    """(role, path, source, revision, commit) of the base and every model of a merge (as the
+    parsed config names them); source, revision and commit from the model folder's
+    manifest.json where it has one."""
+    listed = ([("base", base)] if base else []) + [("model", m) for m in models]
     out = []
     for role, path in listed:
-        manifest = Path(root, path) / MANIFEST
+        manifest = Path(path) / MANIFEST
         info = json.loads(manifest.read_text()) if manifest.is_file() else {}
         out.append({"role": role, "path": str(path), "source": info.get("source") or str(path),
                     "revision": info.get("revision"), "commit": info.get("commit")})
@@ -46,7 +46,8 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 
 def _parameters(cfg_raw: dict) -> dict[str, dict]:
-    return {str(m["model"]): m.get("parameters") or {} for m in cfg_raw.get("models") or [] if isinstance(m, dict)}
+    return {str(m.get("model")): m.get("parameters") or {} for m in cfg_raw.get("models") or []
+            if isinstance(m, dict) and isinstance(m.get("parameters"), dict)}
 
 
 def render(cfg_raw: dict, models: list[dict], choices: list[dict] | None = None,
@@ -107,8 +108,11 @@ def write_card(model_dir: str | Path, out: str | Path | None = None, choices: st
     config = model_dir / "merge_config.yml"
     if not config.is_file():
         raise OtaMergeError(f"{model_dir}: no merge_config.yml (not a merged model folder)")
-    cfg_raw = yaml.safe_load(config.read_text())
-    text = render(cfg_raw, sources(cfg_raw), read_choices(choices), read_scores(score_files), title)
+    from otamerge.config import parse_config  # the one reading of a merge config: which is the base
+
+    cfg = parse_config(yaml.safe_load(config.read_text()))
+    models = sources(cfg.base, [m.ref for m in cfg.models])
+    text = render(cfg.raw, models, read_choices(choices), read_scores(score_files), title)
     out = Path(out) if out else model_dir / CARD
     with atomic_file(out) as fh:
         fh.write(text)
