@@ -57,7 +57,8 @@ CASES = {  # method: per-model extra parameters (density 1.0 unless given)
     "passthrough@nobase": {"scale": 0.5},  # one model (expert0)
     "ram": {},
     "ram@0.02": {},
-    "ramplus_tl@0.02": {},  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
+    "ramplus_tl@0.02": {},
+    "arcee_fusion": {},  # the base and expert0, like slerp (tensors under 10^6 entries: exact quartiles)  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
 }
 GLOBAL = {"sce@0.3": {"select_topk": 0.3}, "slerp": {"t": 0.3}, "slerp@0.8": {"t": 0.8},
           "nearswap": {"t": 0.01}, "model_stock@rows": {"filter_wise": True},
@@ -81,7 +82,7 @@ def _config(family, case: str, out_dtype: str | None, dtype: str = "float32") ->
         models = models[:2]
     if method == "passthrough":
         models = [{"model": str(family["expert0"]), "parameters": CASES[case]}]
-    if method in ("slerp", "nearswap"):  # mergekit's way of writing it: both models listed, one of them the base
+    if method in ("slerp", "nearswap", "arcee_fusion"):  # mergekit's way of writing it: both models listed, one of them the base
         models = [{"model": str(family["base"])}, {"model": str(family["expert0"])}]
     cfg = {"merge_method": method, "models": models, "dtype": dtype, "parameters": GLOBAL.get(case, {})}
     if method != "linear" and not case.endswith("nobase"):

@@ -36,6 +36,7 @@ METHODS: dict[str, MethodTraits] = {
     "passthrough": MethodTraits("ignored", "never", ("scale",)),
     "ram": MethodTraits("required", "never", ()),
     "ramplus_tl": MethodTraits("required", "never", ()),
+    "arcee_fusion": MethodTraits("required", "never", ()),
     "sce": MethodTraits("required", "never", _TASK_VECTOR),
     "ota": MethodTraits("optional", "always", ("preconditioner_path", "precond_threshold", "scaling_factor",
                                                "rank1_approx", "rank", "weight")),
