@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from otamerge.errors import OtaMergeError
-from otamerge.methods.base import MergeMethod, TensorInputs
+from otamerge.methods.base import MergeMethod, TensorInputs, base_and_one_other
 
 _SAMPLE = 1_000_000
 _QUANTILES = (0.25, 0.5, 0.75)
@@ -40,10 +39,7 @@ def quartiles(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def arcee_fusion(inputs: TensorInputs) -> torch.Tensor:
-    if len(inputs.models) != 1 or inputs.base is None:
-        raise OtaMergeError(f"tensor {inputs.name}: arcee_fusion merges the base and exactly one other model "
-                            f"(got {len(inputs.models)} besides the base)")
-    a, b = inputs.base, inputs.models[0]
+    a, b = base_and_one_other(inputs, "arcee_fusion")
     s = importance(b, a)
     q1, median, q3 = quartiles(s, inputs.seed)
     keep = (s >= median + 1.5 * (q3 - q1)).float()

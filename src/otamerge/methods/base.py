@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import torch
 
+from otamerge.errors import OtaMergeError
+
 REQUIRED = object()
 
 
@@ -37,6 +39,15 @@ class TensorInputs:
     seed: int = 0
     owned: bool = False  # the engine's own fresh copies: a method may overwrite them in place
     out_dtype: torch.dtype | None = None  # the output's dtype, for a method that writes it directly
+
+
+def base_and_one_other(inputs: TensorInputs, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base, other) of a method that merges the base with exactly one other model (slerp,
+    nearswap, arcee_fusion), or a one-line error naming the tensor."""
+    if len(inputs.models) != 1 or inputs.base is None:
+        raise OtaMergeError(f"tensor {inputs.name}: {method} merges the base and exactly one other model "
+                            f"(got {len(inputs.models)} besides the base)")
+    return inputs.base, inputs.models[0]
 
 
 def compute_dtype(dtypes: list[torch.dtype]) -> torch.dtype:

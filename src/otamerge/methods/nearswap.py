@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from otamerge.errors import OtaMergeError
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import MergeMethod, Param, TensorInputs, base_and_one_other
 
 
 def nearswap(inputs: TensorInputs) -> torch.Tensor:
-    if len(inputs.models) != 1 or inputs.base is None:
-        raise OtaMergeError(f"tensor {inputs.name}: nearswap merges the base and exactly one other model "
-                            f"(got {len(inputs.models)} besides the base)")
-    a, b = inputs.base, inputs.models[0]
+    a, b = base_and_one_other(inputs, "nearswap")
     weight = (inputs.params["t"] / torch.abs(a - b).clamp(min=1e-6)).clamp(min=0, max=1)
     return weight * b + (1 - weight) * a
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from otamerge.errors import OtaMergeError
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import MergeMethod, Param, TensorInputs, base_and_one_other
 
 _BLOCK = 1 << 20  # entries of one block
 
@@ -33,10 +32,7 @@ def _row_norms(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def slerp(inputs: TensorInputs) -> torch.Tensor:
-    if len(inputs.models) != 1 or inputs.base is None:
-        raise OtaMergeError(f"tensor {inputs.name}: slerp merges the base and exactly one other model "
-                            f"(got {len(inputs.models)} besides the base)")
-    base, other = inputs.base, inputs.models[0]
+    base, other = base_and_one_other(inputs, "slerp")
     p = inputs.params
     a, b = base.reshape(1, -1), other.reshape(1, -1)  # one row: the whole tensor
     t = torch.tensor([[p["t"]]], dtype=a.dtype, device=a.device)
