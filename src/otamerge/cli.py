@@ -338,8 +338,8 @@ def _add_curvature_commands(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otamerge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_model_commands, _add_publish_commands, _add_ffg_commands, _add_evaluation_commands, _add_curvature_commands,
-                add_fisher_parser):
+    for add in (_add_model_commands, _add_publish_commands, _add_ffg_commands, _add_evaluation_commands,
+                _add_curvature_commands, add_fisher_parser):
         add(sub)
     return p
 

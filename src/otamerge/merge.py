@@ -29,7 +29,7 @@ from otamerge.methods.base import TensorInputs, compute_dtype
 from otamerge.io.model_config import read_config
 from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.io.resolve import resolve_model, resolve_preconditioner
-from otamerge.io.model_card import CARD, render as render_card, sources as card_sources
+from otamerge.io.model_card import CARD, card_text
 from otamerge.io.tokenizer_source import TokenizerPlan, plan_tokenizer
 from otamerge.io.writer import ShardedWriter, TensorPlan
 
@@ -208,7 +208,7 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
         plan.tokenizer.write(tmp)
         (tmp / "merge_config.yml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
         # like mergekit's, every merged folder has a card
-        (tmp / CARD).write_text(render_card(cfg.raw, card_sources(cfg.base, [m.ref for m in cfg.models])))
+        (tmp / CARD).write_text(card_text(cfg))
 
 
 def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import yaml
 
 from otamerge.errors import OtaMergeError
 from otamerge.io.atomic import atomic_file
+from otamerge.io.download import MANIFEST
+
+if TYPE_CHECKING:
+    from otamerge.config import MergeConfig
 
 CARD = "README.md"
-MANIFEST = "manifest.json"  # io/download.py writes it; read here without importing the hub client
 
 
 def sources(base: str | None, models: Sequence[str]) -> list[dict]:
@@ -88,6 +91,12 @@ def render(cfg_raw: dict, models: list[dict], choices: list[dict] | None = None,
     return text
 
 
+def card_text(cfg: "MergeConfig", choices: list[dict] | None = None, scores: list[dict] | None = None,
+              title: str | None = None) -> str:
+    """The card of a merge by its parsed config: the base and models as the merge read them."""
+    return render(cfg.raw, sources(cfg.base, [m.ref for m in cfg.models]), choices, scores, title)
+
+
 def read_choices(path: str | Path | None) -> list[dict]:
     """Rows of a merge's thresholds.csv (empty for a merge without FFG masks)."""
     if not path or not Path(path).is_file():
@@ -111,8 +120,7 @@ def write_card(model_dir: str | Path, out: str | Path | None = None, choices: st
     from otamerge.config import parse_config  # the one reading of a merge config: which is the base
 
     cfg = parse_config(yaml.safe_load(config.read_text()))
-    models = sources(cfg.base, [m.ref for m in cfg.models])
-    text = render(cfg.raw, models, read_choices(choices), read_scores(score_files), title)
+    text = card_text(cfg, read_choices(choices), read_scores(score_files), title)
     out = Path(out) if out else model_dir / CARD
     with atomic_file(out) as fh:
         fh.write(text)
