@@ -85,8 +85,8 @@ def test_merge_retention_of_one_seed_by_hand():
 
 def test_mean_over_seeds_and_by_subset_size():
     by_seed = pd.DataFrame([
-        {"merge": m, "method": "m", "subset": sub, "subset_size": size, "seed": seed, "backend": "builtin",
-         "metric": "exact_match", "retention": r}
+        {"merge": m, "method": "m", "subset": sub, "subset_size": size, "density": math.nan, "seed": seed,
+         "backend": "builtin", "metric": "exact_match", "retention": r}
         for (m, sub, size), values in {("m", "all", 3): [0.2, 0.4, 0.9],
                                        ("m.a-b", "a-b", 2): [0.5, 0.7, 0.6],
                                        ("m.a-c", "a-c", 2): [0.1, 0.3, math.nan]}.items()
@@ -105,8 +105,8 @@ def test_mean_over_seeds_and_by_subset_size():
 
 def test_each_step_of_the_ranking_is_a_paired_difference_over_seeds():
     by_seed = pd.DataFrame([
-        {"merge": m, "method": m, "subset": "all", "subset_size": 3, "seed": seed, "backend": "builtin",
-         "metric": "exact_match", "retention": r}
+        {"merge": m, "method": m, "subset": "all", "subset_size": 3, "density": math.nan, "seed": seed,
+         "backend": "builtin", "metric": "exact_match", "retention": r}
         for m, values in {"x": [0.9, 0.8, 0.85], "y": [0.5, 0.45, 0.4], "z": [0.6, 0.3, 0.35]}.items()
         for seed, r in enumerate(values)])
     steps = ret.ranking_steps(by_seed, ret.aggregate(by_seed))
@@ -154,3 +154,34 @@ def test_no_task_scores_no_retention(tmp_path):
     out = [tmp_path / n for n in ("a.md", "b.csv", "c.csv", "d.csv")]
     agg = write_retention([f], {"m": {"method": "m", "subset": "all", "experts": ["add"]}}, {"add": "add"}, *out)
     assert agg.empty and "no retention" in out[0].read_text()
+
+
+def test_points_of_a_density_sweep_are_their_own_rows_outside_the_ranking_and_sizes(tmp_path):
+    """m@0.05 is m with every expert at density 0.05: a row with its density, not a merge
+    of the ranking nor a member of m's size group; retention.md gives it a density table."""
+    frame = _frame()
+    swept = frame[frame.model == "merge/m"].assign(model="merge/m@0.05", score=lambda f: f.score - 0.05)
+    files = []
+    for seed, rows in pd.concat([frame, swept]).groupby("seed"):
+        f = tmp_path / layout.scores(seed, "builtin", "all")
+        f.parent.mkdir(parents=True)
+        f.write_text(json.dumps(rows.drop(columns="seed").to_dict("records")))
+        files.append(f)
+    merges = {"m": {"method": "m", "subset": "all", "experts": ["add", "facts"], "density": None},
+              "m@0.05": {"method": "m", "subset": "all", "experts": ["add", "facts"], "density": "0.05"}}
+    out = {k: tmp_path / f"{k}.out" for k in ("md", "csv", "size", "seed")}
+    write_retention(files, merges, TASKS, out["md"], out["csv"], out["size"], out["seed"])
+    csv = pd.read_csv(out["csv"]).set_index("merge")
+    # seed 0: add (0.5-0.2)/(0.9-0.2) = 3/7, facts (0.15-0)/0.8; seed 1: add 0.05/0.4, facts 0.25/0.4
+    expected = ((3 / 7 + 0.15 / 0.8) / 2 + (0.05 / 0.4 + 0.25 / 0.4) / 2) / 2
+    assert csv.loc["m@0.05", "density"] == 0.05 and math.isnan(csv.loc["m", "density"])
+    assert csv.loc["m@0.05", "mean"] == pytest.approx(expected, rel=1e-5)
+    assert ret.merges_of_all(csv.reset_index())["merge"].unique().tolist() == ["m"]
+    sizes = pd.read_csv(out["size"])
+    assert sizes[(sizes.method == "m") & (sizes.metric == "exact_match")].n_subsets.tolist() == [1]
+    md = out["md"].read_text()
+    assert "## exact_match (builtin): retention against density" in md
+    table = md.split("retention against density", 1)[1].split("##", 1)[0]
+    row = next(line for line in table.splitlines() if line.startswith("| m "))
+    # the point at density 0.05, then the merge as configured (seeds 0 and 1: (0.5 + 0.375) / 2)
+    assert row.split("|")[2].strip().startswith(f"{expected:.3f} [") and "0.438 [0.375, 0.500]" in row.split("|")[3]

@@ -71,3 +71,36 @@ def test_pair_names_that_collide_are_refused():
     """Expert names may hold '-': (a-b, c) and (a, b-c) would share a name."""
     with pytest.raises(ValueError, match="has the name of another merge"):
         expand_merges({"ties": {"method": "ties"}}, ["a", "a-b", "b-c", "c"], {"methods": ["ties"], "pairs": True})
+
+
+SWEEP = ["0.02", "0.05", "0.1"]
+
+
+def test_a_density_sweep_adds_one_merge_per_density_after_the_subsets():
+    merges = {"ota_ffg": {**MERGES["ota_ffg"], "densities": "sweep"},
+              "ties": {"method": "ties", "densities": [0.05, 0.050],
+                       "model_parameters": {"weight": 1.0, "density": 0.3},
+                       "expert_parameters": {"add": {"density": 0.4, "weight": 0.5}}}}
+    specs, infos = expand_merges(merges, EXPERTS, {"methods": ["ties"], "pairs": True}, SWEEP)
+    assert list(specs) == ["ota_ffg", "ties", "ties.add-rev", "ties.add-facts", "ties.rev-facts",
+                           "ota_ffg@0.02", "ota_ffg@0.05", "ota_ffg@0.1", "ties@0.05"]
+    # no spec keeps densities: the configured merge and its subsets run as configured
+    assert all("densities" not in spec for spec in specs.values())
+    # an FFG merge keeps its spec (the workflow grafts every expert at the density)
+    assert specs["ota_ffg@0.05"] == MERGES["ota_ffg"]
+    assert infos["ota_ffg@0.05"] == MergeInfo("ota_ffg@0.05", "ota_ffg", ALL, tuple(EXPERTS), "0.05")
+    # any other merge takes the density for every model, an expert's own density dropped
+    assert specs["ties@0.05"]["model_parameters"] == {"weight": 1.0, "density": 0.05}
+    assert specs["ties@0.05"]["expert_parameters"] == {"add": {"weight": 0.5}}
+    assert specs["ties"]["model_parameters"]["density"] == 0.3 and infos["ties"].density is None
+    assert all(NAME.match(n.replace("@", "-")) for n in specs)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"method": "linear", "densities": "sweep"}, r"merges.m.densities: method linear has no density \(an FFG merge or "
+                                                 r"task_arithmetic, ties, "),
+    ({"method": "ota", "ffg": "fisher", "densities": [0.3]}, r"merges.m.densities: 0.3 not in ffg.densities"),
+])
+def test_a_density_a_merge_cannot_take_is_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        expand_merges({"m": spec}, EXPERTS, None, SWEEP)

@@ -9,7 +9,7 @@ import pytest
 
 from otamerge.workflow import layout
 
-from otamerge.report import plots
+from otamerge.report import claims, plots
 from otamerge.report.summary import SCORE_COLUMNS, load_scores, matrix_over_seeds, write_summary, write_sweep
 
 TASKS = {"add": "add", "rev": "reverse"}
@@ -101,13 +101,13 @@ def test_chosen_statistics_come_from_the_given_graft_folders(two_seeds, tmp_path
     root, _, grafts, thresholds = two_seeds
     write_sweep(grafts, {f: "m" for f in thresholds}, TASKS, root / "s.md", root / "s.csv", root / "t.csv")
     folders = {f"ffg/add/fisher/{d}": tmp_path / "elsewhere" / d for d in ("0.1", "0.5")}
-    got = plots.chosen_statistics(root / "t.csv", "m", "fisher", 1, folders)
+    got = claims.chosen_statistics(root / "t.csv", "m", "fisher", 1, folders)
     assert got == {"add": tmp_path / "elsewhere/0.5/statistics.json"}
 
 
 def test_experts_merged_whole_have_no_graft_and_the_graft_plots_say_so(tmp_path):
     (tmp_path / "t.csv").write_text("expert,density,merge,seed\nadd,1.0,m,0\n")
-    assert plots.chosen_statistics(tmp_path / "t.csv", "m", "fisher", 0, {}) == {}
+    assert claims.chosen_statistics(tmp_path / "t.csv", "m", "fisher", 0, {}) == {}
     for draw in (plots.localization, plots.mask_rank):
         draw({}, tmp_path / f"{draw.__name__}.png")
         assert (tmp_path / f"{draw.__name__}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -116,13 +116,13 @@ def test_experts_merged_whole_have_no_graft_and_the_graft_plots_say_so(tmp_path)
 @pytest.mark.parametrize("with_subsets", [False, True])
 def test_methods_plot_leads_with_retention(tmp_path, with_subsets):
     retention = pd.DataFrame([
-        {"merge": "ota_ffg", "method": "ota_ffg", "subset": "all", "subset_size": 3, "backend": "builtin",
-         "metric": "exact_match", "mean": 0.4, "low": 0.2, "high": 0.6, "n_seeds": 3, "interval": "t95"},
-        {"merge": "ties", "method": "ties", "subset": "all", "subset_size": 3, "backend": "builtin",
-         "metric": "exact_match", "mean": math.nan, "low": math.nan, "high": math.nan, "n_seeds": 0,
+        {"merge": "ota_ffg", "method": "ota_ffg", "subset": "all", "subset_size": 3, "density": math.nan,
+         "backend": "builtin", "metric": "exact_match", "mean": 0.4, "low": 0.2, "high": 0.6, "n_seeds": 3, "interval": "t95"},
+        {"merge": "ties", "method": "ties", "subset": "all", "subset_size": 3, "density": math.nan,
+         "backend": "builtin", "metric": "exact_match", "mean": math.nan, "low": math.nan, "high": math.nan, "n_seeds": 0,
          "interval": "none"}]
-        + ([{"merge": "ota_ffg.a-b", "method": "ota_ffg", "subset": "a-b", "subset_size": 2, "backend": "builtin",
-             "metric": "exact_match", "mean": 0.7, "low": 0.6, "high": 0.8, "n_seeds": 3, "interval": "t95"}]
+        + ([{"merge": "ota_ffg.a-b", "method": "ota_ffg", "subset": "a-b", "subset_size": 2, "density": math.nan,
+             "backend": "builtin", "metric": "exact_match", "mean": 0.7, "low": 0.6, "high": 0.8, "n_seeds": 3, "interval": "t95"}]
            if with_subsets else []))
     sizes = pd.DataFrame([{"method": "ota_ffg", "subset_size": s, "n_subsets": 1, "backend": "builtin",
                            "metric": "exact_match", "mean": m, "low": m - 0.1, "high": m + 0.1, "n_seeds": 3,

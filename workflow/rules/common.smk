@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from otamerge.workflow import layout
 from otamerge.demo.settings import base_data, expert_config
 from otamerge.ffg.densities import density_label
+from otamerge.report.claims import CLAIM_MERGES as DEFAULT_CLAIM_MERGES
 from otamerge.workflow.merge_specs import FFG_METRICS
 from otamerge.workflow.merge_specs import moments_kind as merge_moments_kind
 from otamerge.workflow.publish import publish_repos
@@ -38,7 +39,7 @@ METRICS = config["ffg"]["metrics"]
 # the configured merges (a merge set to null is dropped: a config merged over another can
 # remove one), then those of subsets of the experts; MERGE_INFO says which experts each holds
 MERGES, MERGE_INFO = expand_merges({m: s for m, s in config["merges"].items() if s is not None}, EXPERTS,
-                                   config.get("subsets"))
+                                   config.get("subsets"), DENSITIES)
 BACKENDS = config["evaluation"]["backends"]
 # the backend and metric whose own-task scores choose automatic FFG densities
 THRESHOLD_BACKEND = config["thresholds"].get("backend", "builtin")
@@ -165,8 +166,11 @@ def merge_experts(merge):
     return list(MERGE_INFO[merge].experts)
 
 
-def fixed_density(expert):
-    """The configured density of an expert, or None where it is chosen automatically."""
+def fixed_density(expert, merge=None):
+    """An expert's density in a merge: the merge's own (a point of its density sweep),
+    the configured one, or None where it is chosen automatically."""
+    if merge and MERGE_INFO[merge].density:
+        return MERGE_INFO[merge].density
     fixed = config["thresholds"].get("fixed", {})
     if expert in fixed:
         return density_label(fixed[expert])
@@ -175,16 +179,16 @@ def fixed_density(expert):
     return None
 
 
-def candidate_densities(expert):
-    """The sweep points an expert's FFG threshold may come from: its fixed density, or
-    every swept density when it is chosen automatically."""
-    d = fixed_density(expert)
+def candidate_densities(expert, merge=None):
+    """The sweep points an expert's FFG threshold in a merge may come from: its fixed
+    density, or every swept density when it is chosen automatically."""
+    d = fixed_density(expert, merge)
     return [d] if d else DENSITIES
 
 
 def ffg_points(merge):
     """(expert, density) of every candidate graft of a merge using FFG."""
-    return [(e, d) for e in merge_experts(merge) for d in candidate_densities(e)]
+    return [(e, d) for e in merge_experts(merge) for d in candidate_densities(e, merge)]
 
 
 def merge_config_inputs(wildcards):
@@ -199,8 +203,8 @@ def merge_config_inputs(wildcards):
         inputs["sweeps"] = [layout.graft_dir(seed, e, spec["ffg"], d) for e, d in ffg_points(wildcards.merge)]
         inputs["scores"] = [
             layout.scores(seed, THRESHOLD_BACKEND, layout.graft_name(e, spec["ffg"], d)) for e in experts
-            if not fixed_density(e) for d in DENSITIES
-        ] + [layout.scores(seed, THRESHOLD_BACKEND, e) for e in experts if not fixed_density(e)]
+            if not fixed_density(e, wildcards.merge) for d in DENSITIES
+        ] + [layout.scores(seed, THRESHOLD_BACKEND, e) for e in experts if not fixed_density(e, wildcards.merge)]
     return inputs
 
 
@@ -213,7 +217,7 @@ def merge_config_params(wildcards):
               "moments": [moments_file(wildcards.seed, e, kind) for e in experts] if kind else []}
     if spec.get("ffg"):
         params["thresholds"] = {
-            "fixed": {e: fixed_density(e) for e in experts if fixed_density(e)},
+            "fixed": {e: fixed_density(e, wildcards.merge) for e in experts if fixed_density(e, wildcards.merge)},
             "retention": config["thresholds"].get("retention", 0.95),
             "score": THRESHOLD_SCORE,
             "tasks": {e: TASK[e] for e in experts},
@@ -299,8 +303,10 @@ def sweep_models():
 
 
 # merges of all of their experts; subset merges choose the same grafts (one expert's
-# density depends on its own scores only), so the graft rows and the plots read these
-FFG_MERGES = [m for m, spec in MERGES.items() if spec.get("ffg") and MERGE_INFO[m].subset == ALL]
+# density depends on its own scores only), so the graft rows and the plots read these (not
+# the points of a density sweep, each at one density)
+FFG_MERGES = [m for m, spec in MERGES.items() if spec.get("ffg") and MERGE_INFO[m].subset == ALL
+              and MERGE_INFO[m].density is None]
 
 
 def graft_candidates():
@@ -322,7 +328,23 @@ def graft_scores():
 
 def merge_infos():
     """What the retention table needs of each merge, as plain values (job params)."""
-    return {m: {"method": i.method, "subset": i.subset, "experts": list(i.experts)} for m, i in MERGE_INFO.items()}
+    return {m: {"method": i.method, "subset": i.subset, "experts": list(i.experts), "density": i.density}
+            for m, i in MERGE_INFO.items()}
+
+
+# the merge each of the paper's claims reads, by its role (config claims: overrides)
+CLAIM_MERGES = {**DEFAULT_CLAIM_MERGES, **config.get("claims", {})}
+
+
+def claims_files():
+    """Per seed what the claims job reads: the base, each expert's moments, the candidate grafts."""
+    return {s: {"base": layout.model_dir(s, "base"), "moments": {e: moments_file(s, e) for e in EXPERTS},
+                "grafts": {g: layout.model_folder(s, g) for g in graft_candidates()}} for s in SEEDS}
+
+
+def claims_models():
+    return [f for s in SEEDS for f in [layout.model_dir(s, "base"), *(moments_input(s, e) for e in EXPERTS),
+                                       *(layout.model_folder(s, g) for g in graft_candidates())]]
 
 
 SUMMARY_TABLES = ["scores.csv", "accuracy.md", "accuracy.json"]
@@ -345,4 +367,6 @@ def get_final_output():
         out += [layout.summary("sweep.md"), layout.summary("thresholds.csv")]
         if FFG_MERGES:  # the plots show the grafts the first FFG merge chose
             out += [layout.plot("methods")]
+        if MERGES:
+            out += [layout.summary("claims.md")]
     return out

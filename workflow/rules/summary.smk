@@ -91,6 +91,7 @@ rule plots:
         overlap=report(
             layout.plot("curvature_overlap"), caption="../report/curvature_overlap.rst", category="4. Plots"
         ),
+        density=report(layout.plot("merge_density"), caption="../report/merge_density.rst", category="4. Plots"),
     log:
         layout.log("plots", None, "plots"),
     params:
@@ -108,3 +109,28 @@ rule plots:
         "../envs/otamerge.yaml"
     script:
         "../scripts/plots.py"
+
+
+rule claims:
+    input:
+        by_seed=layout.summary("retention_by_seed.csv"),
+        sweep=layout.summary("sweep.csv"),
+        thresholds=layout.summary("thresholds.csv"),
+        models=claims_models(),
+    output:
+        table=report(layout.summary("claims.md"), caption="../report/claims.rst", category="0. Claims"),
+        csv=layout.summary("claims.csv"),
+    log:
+        layout.log("claims", None, "claims"),
+    params:
+        seeds=claims_files(),
+        merges=CLAIM_MERGES,
+        ffg_metric=MERGES[CLAIM_MERGES["ota_ffg"]]["ffg"] if CLAIM_MERGES["ota_ffg"] in FFG_MERGES else None,
+    threads: 1
+    resources:
+        mem_mb=scaled(2000, 4000),
+        runtime=scaled(10, 20),
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/claims.py"

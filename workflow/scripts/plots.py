@@ -1,5 +1,5 @@
 from otamerge.workflow import layout
-from otamerge.report import plots
+from otamerge.report import claims, plots
 from otamerge.io.checkpoint import Checkpoint
 from otamerge.logs import job
 from otamerge.curvature.moments import Moments
@@ -8,8 +8,9 @@ with job(snakemake.log[0]):
     inp, out, p = snakemake.input, snakemake.output, snakemake.params
     plots.sweep_curves(inp.sweep, out.sweep, p.score)
     plots.method_comparison(inp.retention, inp.by_size, inp.scores, out.methods, p.score)
+    plots.density_curves(inp.retention, inp.thresholds, out.density)
     # the grafts (model name -> folder) and experts of the first seed, as the rule lists them
-    chosen = plots.chosen_statistics(inp.thresholds, p.graft_merge, p.graft_metric, p.seed,
+    chosen = claims.chosen_statistics(inp.thresholds, p.graft_merge, p.graft_metric, p.seed,
                                      dict(zip(p.grafts, inp.grafts)))
     plots.localization(chosen, out.localization)
     plots.mask_rank(chosen, out.mask_rank)

@@ -8,7 +8,7 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import matplotlib
 
@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from otamerge.ffg.densities import density_label  # noqa: E402
+from otamerge.report import retention as ret  # noqa: E402
+from otamerge.report.claims import top_overlap  # noqa: E402
 from otamerge.report.intervals import NONE, describe  # noqa: E402
-from otamerge.workflow.layout import graft_name, graft_statistics  # noqa: E402
 from otamerge.workflow.subsets import ALL  # noqa: E402
 
 ROLES = ["q", "k", "v", "o", "gate", "up", "down", "norms", "embed", "lm_head"]
@@ -146,9 +146,9 @@ def method_comparison(retention_csv: str | Path, by_size_csv: str | Path, scores
     retention by number of experts, and last the average ``score_metric`` over tasks of
     the merges of all experts (a subset's average mixes tasks it was never given)."""
     r = pd.read_csv(retention_csv)
-    of_all = set(r[r.subset == ALL]["merge"])
+    of_all = set(ret.merges_of_all(r)["merge"])
     r = r[(r.backend == backend) & (r.metric == metric)]
-    whole = r[r.subset == ALL]
+    whole = ret.merges_of_all(r)
     sizes = pd.read_csv(by_size_csv)
     sizes = sizes[(sizes.backend == backend) & (sizes.metric == metric)]
     sizes = sizes[sizes.method.isin(set(r[r.subset != ALL].method))]
@@ -163,6 +163,45 @@ def method_comparison(retention_csv: str | Path, by_size_csv: str | Path, scores
     if len(sizes):
         _size_panel(axes[1], sizes)
     _average_panel(axes[-1], scores, shown, score_metric, backend)
+    _save(fig, out)
+
+
+def density_curves(retention_csv: str | Path, thresholds_csv: str | Path, out: str | Path,
+                   backend: str = "builtin", metric: str = "exact_match") -> None:
+    """Merged retention against density for each merge with a density sweep (mean over
+    seeds, its interval as a band); an FFG merge's own automatic choice as a star at the
+    mean of the densities it chose (over experts and seeds, an expert kept whole at 1)."""
+    r = pd.read_csv(retention_csv)
+    r = r[(r.backend == backend) & (r.metric == metric)]
+    points = ret.density_points(r)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if points.empty:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no merge sweeps its density (merges.<name>.densities)", ha="center", va="center")
+        return _save(fig, out)
+    chosen = pd.read_csv(thresholds_csv) if Path(thresholds_csv).stat().st_size else pd.DataFrame()
+    configured = ret.merges_of_all(r).set_index("merge")
+    for method, g in points.groupby("method", sort=False):
+        g = g.sort_values("density")
+        line, = ax.plot(g.density, g["mean"], marker="o", label=method)
+        ax.fill_between(g.density, g.low, g.high, color=line.get_color(), alpha=0.15)
+        if len(chosen) and "merge" in chosen and method in set(chosen["merge"]) and method in configured.index:
+            ax.plot(chosen[chosen["merge"] == method].density.mean(), configured.at[method, "mean"], marker="*",
+                    markersize=13, color=line.get_color(), linestyle="none", markeredgecolor="black")
+    ax.plot([], [], marker="*", color="gray", linestyle="none", markeredgecolor="black",
+            label="automatic choice (mean density)")
+    ax.set_xscale("log")
+    ticks = sorted(set(points.density))
+    ax.set_xticks(ticks, [f"{d:g}" for d in ticks], fontsize=8)
+    ax.minorticks_off()
+    ax.axhline(1, color="black", lw=1, linestyle="--")
+    ax.set_xlabel("density (fraction of each task vector kept)")
+    n = int(points.n_seeds.max())
+    ax.set_ylabel(f"gain retention, {metric} ({backend})")
+    ax.set_title(f"merged retention against density; mean over {n} seed(s), bands: {_interval_label(points)}",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     _save(fig, out)
 
 
@@ -235,14 +274,6 @@ def mask_rank(stat_files: dict[str, str | Path], out: str | Path) -> None:
     plt.close(fig)
 
 
-def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float) -> float:
-    """Share of A's top-``fraction`` entries that are also among B's (same count k)."""
-    k = max(1, round(fraction * a.size))
-    ta = np.argpartition(a.ravel(), -k)[-k:]
-    tb = np.argpartition(b.ravel(), -k)[-k:]
-    return len(np.intersect1d(ta, tb, assume_unique=True)) / k
-
-
 def curvature_overlap(names: Sequence[str], experts: Sequence[str],
                       get: Callable[[str, str], np.ndarray], out: str | Path,
                       fraction: float = 0.01) -> pd.DataFrame:
@@ -277,16 +308,3 @@ def curvature_overlap(names: Sequence[str], experts: Sequence[str],
     fig.colorbar(im, ax=right, label="overlap", shrink=0.8)
     _save(fig, out)
     return t
-
-
-def chosen_statistics(thresholds_csv: str | Path, merge: str, ffg_metric: str, seed: int,
-                      grafts: Mapping[str, str | Path]) -> dict[str, Path]:
-    """expert -> statistics.json of its graft at the density ``merge`` chose at ``seed``.
-    ``grafts`` maps graft model names (``ffg/<expert>/<metric>/<density>``) to their
-    folders. The CSV's ``metric`` column is the saliency (``fisher`` for full and rank-1
-    moments alike), so the graft is named by the merge's FFG metric. An expert kept whole
-    (density 1: no swept density kept enough of its score) has no graft and is left out."""
-    t = pd.read_csv(thresholds_csv)
-    t = t[(t["merge"] == merge) & (t["seed"] == seed) & (t["density"] < 1)]
-    return {r.expert: graft_statistics(grafts[graft_name(r.expert, ffg_metric, density_label(r.density))])
-            for r in t.itertuples()}

@@ -22,7 +22,8 @@ from otamerge.report.intervals import T95, Interval, interval
 from otamerge.workflow.layout import merge_name
 from otamerge.workflow.subsets import ALL, MergeInfo
 
-KEYS = ["merge", "method", "subset", "subset_size"]
+# density: the point of a merge's density sweep (``ota_ffg@0.05``), empty for other merges
+KEYS = ["merge", "method", "subset", "subset_size", "density"]
 BY_SEED = [*KEYS, "seed", "backend", "metric", "retention"]
 AGGREGATE = [*KEYS, "backend", "metric", "mean", "low", "high", "n_seeds", "interval"]
 BY_SIZE = ["method", "subset_size", "n_subsets", "backend", "metric", "mean", "low", "high", "n_seeds", "interval"]
@@ -70,7 +71,8 @@ def retention_by_seed(scores: pd.DataFrame, merges: Mapping[str, MergeInfo],
             continue
         for seed, g in sel.groupby("seed", sort=True):
             score = {(m, t): s for m, t, s in zip(g.model, g.task, g.score)}
-            rows += [{"merge": i.name, "method": i.method, "subset": i.subset, "subset_size": i.size, "seed": seed,
+            rows += [{"merge": i.name, "method": i.method, "subset": i.subset, "subset_size": i.size,
+                      "density": float(i.density) if i.density else math.nan, "seed": seed,
                       "backend": backend, "metric": metric,
                       "retention": merge_retention(score, i.name, i.experts, tasks)} for i in merges.values()]
     return pd.DataFrame(rows, columns=BY_SEED)
@@ -83,7 +85,7 @@ def _with_interval(row: dict, iv: Interval) -> dict:
 def aggregate(by_seed: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds of each merge's retention with its interval (columns AGGREGATE)."""
     rows = [_with_interval(dict(zip([*KEYS, "backend", "metric"], k)), interval(g.retention))
-            for k, g in by_seed.groupby([*KEYS, "backend", "metric"], sort=False)]
+            for k, g in by_seed.groupby([*KEYS, "backend", "metric"], sort=False, dropna=False)]
     return pd.DataFrame(rows, columns=AGGREGATE)
 
 
@@ -91,8 +93,10 @@ def by_size(by_seed: pd.DataFrame) -> pd.DataFrame:
     """Mean retention per method and subset size (columns BY_SIZE): at each seed the mean
     over that size's subsets (NaN if one of them is undefined), then the mean over seeds
     with its interval. The merge of all experts is its own size. Rows in the order of
-    ``by_seed`` (headline backend and metric first, methods in config order), sizes rising."""
+    ``by_seed`` (headline backend and metric first, methods in config order), sizes rising.
+    The points of a density sweep are left out (each is its own setting of a method)."""
     rows = []
+    by_seed = by_seed[by_seed.density.isna()]
     for (backend, metric, method), g in by_seed.groupby(["backend", "metric", "method"], sort=False):
         for size, s in sorted(g.groupby("subset_size"), key=lambda kv: kv[0]):
             per_seed = s.groupby("seed").retention.agg(lambda r: r.mean(skipna=False))
@@ -103,7 +107,13 @@ def by_size(by_seed: pd.DataFrame) -> pd.DataFrame:
 
 
 def merges_of_all(table: pd.DataFrame) -> pd.DataFrame:
-    return table[table.subset == ALL]
+    """The configured merges of all their experts (no subset, no point of a density sweep)."""
+    return table[(table.subset == ALL) & table.density.isna()]
+
+
+def density_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The points of the merges' density sweeps."""
+    return table[table.density.notna()]
 
 
 STEPS = ["backend", "metric", "merge", "next_merge", "mean", "low", "high", "n_seeds", "interval", "separated"]

@@ -188,7 +188,8 @@ def write_sweep(score_files: Iterable[str | Path], thresholds: Mapping[str, str]
 
 def merge_infos(merges: Mapping[str, Mapping]) -> dict[str, MergeInfo]:
     """MergeInfo from the plain values the workflow passes (method, subset, experts)."""
-    return {name: MergeInfo(name, m["method"], m["subset"], tuple(m["experts"])) for name, m in merges.items()}
+    return {name: MergeInfo(name, m["method"], m["subset"], tuple(m["experts"]), m.get("density"))
+            for name, m in merges.items()}
 
 
 def _retention_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -198,6 +199,26 @@ def _retention_rows(table: pd.DataFrame) -> pd.DataFrame:
                          "retention": _cells(table),
                          "seeds": table.n_seeds.values,
                          "interval": [describe(k) for k in table.interval]})
+
+
+def density_markdown(agg: pd.DataFrame) -> list[str]:
+    """Lines of a table of one backend and metric's AGGREGATE rows: each merge with a
+    density sweep, its retention at every density and as configured (FFG merges: each
+    expert at its own chosen density); nothing without a sweep."""
+    points = ret.density_points(agg)
+    if points.empty:
+        return []
+    wide = points.assign(cell=_cells(points)).pivot(index="method", columns="density", values="cell")
+    wide.columns = [f"density {density_label(c)}" for c in wide.columns]
+    configured = ret.merges_of_all(agg).set_index("merge")
+    configured = configured.assign(cell=_cells(configured))
+    wide["as configured"] = [configured.cell.get(m, "") for m in wide.index]
+    backend, metric = agg.backend.iloc[0], agg.metric.iloc[0]
+    return [f"## {metric} ({backend}): retention against density", "",
+            "One merged model per density of each merge's sweep (`<merge>@<density>`: FFG merges graft every "
+            "expert at that density, the others take it as their `density`); `as configured`: the merge itself.",
+            "", wide.reindex(index=list(dict.fromkeys(points.method))).fillna("").to_markdown(disable_numparse=True),
+            ""]
 
 
 def retention_markdown(agg: pd.DataFrame, sizes: pd.DataFrame, n_seeds: int, steps: pd.DataFrame) -> str:
@@ -225,6 +246,7 @@ def retention_markdown(agg: pd.DataFrame, sizes: pd.DataFrame, n_seeds: int, ste
             md += ["Each step of the ranking: retention of a merge minus the next one's, paired by seed; "
                    f"separated where the {describe(T95)} excludes 0.", "",
                    table.to_markdown(index=False, disable_numparse=True), ""]
+        md += density_markdown(g)
         subsets = g[g.subset != ALL]
         if subsets.empty:
             continue

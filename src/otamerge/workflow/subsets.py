@@ -8,6 +8,11 @@ for a pair (experts in the merge's order, joined by ``-``), ``ota_ffg.arith_fact
 named group. The names match the config's name pattern, so they are valid wildcards,
 folders and job names.
 
+A merge with ``densities`` (``sweep``: every density of ``ffg.densities``, or a list of
+them) also runs once per density, named ``<merge>@<density>`` (``ota_ffg@0.05``): an FFG
+merge with every expert grafted at that density, any other merge with that ``density``
+parameter (TIES, DARE, breadcrumbs), so merged retention can be read against density.
+
 Imports no torch: the workflow expands the merges while building the DAG.
 """
 
@@ -18,20 +23,25 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from otamerge.ffg.densities import density_label
 from otamerge.workflow.merge_specs import FFG_METRICS
+from otamerge.workflow.methods import METHODS
 
 ALL = "all"  # the subset column of a merge of every expert it is configured with
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SWEEP = "sweep"  # merges.<m>.densities: every density of the FFG sweep
 
 
 @dataclass(frozen=True)
 class MergeInfo:
-    """What a merge combines: its configured merge (``method``), which subset, which experts."""
+    """What a merge combines: its configured merge (``method``), which subset, which
+    experts, and for a point of a merge's density sweep its density (a label, e.g. ``0.05``)."""
 
     name: str
     method: str
     subset: str
     experts: tuple[str, ...]
+    density: str | None = None
 
     @property
     def size(self) -> int:
@@ -94,14 +104,49 @@ def _subsets_of(method: str, own: tuple[str, ...], groups: dict[str, frozenset[s
     return found
 
 
+def swept_name(merge: str, density: str) -> str:
+    """``<merge>@<density>``: one point of a merge's density sweep."""
+    return f"{merge}@{density}"
+
+
+def _density_points(name: str, spec: dict[str, Any], sweep: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(density label, spec) of each point of a merge's ``densities``: an FFG merge keeps
+    its spec (the workflow grafts every expert at the density), another sets ``density``
+    for every model; either way without ``densities``."""
+    asked = spec.get("densities")
+    if not asked:
+        return []
+    labels = list(sweep) if asked == SWEEP else list(dict.fromkeys(density_label(d) for d in asked))
+    unswept = [d for d in labels if d not in sweep]
+    if spec.get("ffg") and unswept:
+        raise ValueError(f"merges.{name}.densities: {', '.join(unswept)} not in ffg.densities ({', '.join(sweep)})")
+    if not spec.get("ffg") and "density" not in METHODS[spec["method"]].per_model:
+        takers = ", ".join(m for m, t in METHODS.items() if "density" in t.per_model)
+        raise ValueError(f"merges.{name}.densities: method {spec['method']} has no density (an FFG merge or "
+                         f"{takers} can sweep one)")
+    base = {k: v for k, v in spec.items() if k != "densities"}
+    points = []
+    for d in labels:
+        point = dict(base)
+        if not spec.get("ffg"):
+            point["model_parameters"] = {**(spec.get("model_parameters") or {}), "density": float(d)}
+            point["expert_parameters"] = {e: {k: v for k, v in p.items() if k != "density"}
+                                          for e, p in (spec.get("expert_parameters") or {}).items()}
+        points.append((d, point))
+    return points
+
+
 def expand_merges(merges: dict[str, dict[str, Any]], experts: Sequence[str],
-                  subsets: dict[str, Any] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, MergeInfo]]:
+                  subsets: dict[str, Any] | None = None,
+                  densities: Sequence[str] = ()) -> tuple[dict[str, dict[str, Any]], dict[str, MergeInfo]]:
     """Every merge to run: the configured ones (in config order, each over its experts,
     default all), then each subset of ``subsets.methods`` (a pair or a named group of its
-    experts). Returns name -> spec and name -> MergeInfo. Raises ValueError, naming the
+    experts), then each point of a merge's ``densities`` (``densities``: the FFG sweep's
+    labels). Returns name -> spec and name -> MergeInfo. Raises ValueError, naming the
     key, for a method that is not a configured merge, an unknown expert, a group of fewer
-    than two experts, or a name used twice."""
-    specs = {name: spec for name, spec in merges.items()}
+    than two experts, a density the merge cannot take, or a name used twice."""
+    merges = {name: spec for name, spec in merges.items()}
+    specs = {name: {k: v for k, v in spec.items() if k != "densities"} for name, spec in merges.items()}
     infos = {name: MergeInfo(name, name, ALL, _merge_experts(name, spec, experts)) for name, spec in merges.items()}
     subsets = subsets or {}
     groups = _groups(subsets.get("groups") or {}, experts)
@@ -114,6 +159,13 @@ def expand_merges(merges: dict[str, dict[str, Any]], experts: Sequence[str],
                 raise ValueError(f"subset merge {name} ({', '.join(members)}) has the name of another merge")
             if not _NAME.match(name):
                 raise ValueError(f"subset merge name {name!r} is not a valid name")
-            specs[name] = {**merges[method], "experts": list(members)}
+            specs[name] = {**specs[method], "experts": list(members)}
             infos[name] = MergeInfo(name, method, label, members)
+    for merge, spec in merges.items():
+        for d, point in _density_points(merge, spec, densities):
+            name = swept_name(merge, d)
+            if name in specs:
+                raise ValueError(f"density sweep merge {name} has the name of another merge")
+            specs[name] = point
+            infos[name] = MergeInfo(name, merge, ALL, infos[merge].experts, d)
     return specs, infos
