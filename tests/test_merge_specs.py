@@ -18,13 +18,13 @@ FOLDER = {"math": 0, "coding_tulu3": 1, "precise_if": 2, "general": 3, "knowledg
 SOURCES = {
     "ota_ffg": "hf_ota_ffg_per_model_thresh", "ota_ffg_rank1": "hf_ota_ffg_rank1lemma",
     "ota_ffg_global": "hf_ota_ffg_global_thresh", "ota_ffg_linear": "hf_ota_ffg_linear_merge",
-    "ota_ffg_rank4": "hf_ota_ffg_rank16", "ota": "hf_ota", "fisher": "hf_ota_ffg",
+    "ota_ffg_rank4": "hf_ota_ffg_rank16", "ota": "hf_ota", "fisher_adam": "hf_ota_ffg",
     "ota_global_norm": "latest_llama_factory_ota", "linear": "latest_llama_factory_linear",
     "ties": "latest_llama_factory_ties", "dare_ties": "latest_llama_factory_dare",
     "breadcrumbs_ties": "latest_llama_factory_breadcrumbs_ties", "breadcrumbs": "latest_llama_factory_breadcrumbs",
     "multislerp": "latest_llama_factory_multislerp", "sce": "latest_llama_factory_sce",
     "ablation_linear": "ablation_coding_math_linear", "ablation_ota": "ablation_coding_math_ota",
-    "ablation_ties": "ablation_coding_math_ties", "fisher_empirical": "hf_ota_ffg_fisher",
+    "ablation_ties": "ablation_coding_math_ties", "fisher": "hf_ota_ffg_fisher",
 }
 
 

@@ -112,7 +112,7 @@ def test_the_real_family_runs_through_the_whole_workflow(tmp_path):
 
     # every merge and every graft: bf16 (the experts' dtype, not float32), no lm_head, the
     # base's tokenizer, chat template and generation config; loads and generates
-    outputs = [wf / f"results/seed0/merges/{m}/model" for m in ("ota_ffg", "ties", "linear", "fisher_empirical")]
+    outputs = [wf / f"results/seed0/merges/{m}/model" for m in ("ota_ffg", "ota_ffg@0.05", "ties", "linear", "fisher")]
     outputs += [wf / f"results/seed0/ffg/{e}/{m}/0.05" for e in ("capital", "antonym") for m in ("fisher", "magnitude")]
     for folder in outputs:
         assert _tensors(folder) == shapes, folder
@@ -126,9 +126,9 @@ def test_the_real_family_runs_through_the_whole_workflow(tmp_path):
     # the summary: every merge scored on both tasks, retention for each
     scores = pd.read_csv(wf / "results/summary/scores.csv")
     merged = scores[scores.model.str.startswith("merge/") & (scores.metric == "exact_match")]
-    assert len(merged) == 4 * 2 and merged.score.between(0, 1).all()
+    assert len(merged) == 5 * 2 and merged.score.between(0, 1).all()
     retention = pd.read_csv(wf / "results/summary/retention.csv")
-    assert {"ota_ffg", "ties", "linear", "fisher_empirical"} == set(retention["merge"])
+    assert {"ota_ffg", "ota_ffg@0.05", "ties", "linear", "fisher"} == set(retention["merge"])
     graded = retention[retention.metric == "token_accuracy"]
     assert graded["mean"].notna().all() and (graded["mean"].abs() < 5).all()  # the experts moved off the base
 

@@ -1,6 +1,7 @@
 import base64
 import copy
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -33,13 +34,16 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
     assert res.returncode == 0, res.stderr
     cfg = default_config()
     # experts x (fisher, magnitude, sparsegpt, and fisher_rank1 for ota_ffg_rank1) x densities
-    n_merges, n_points = len(cfg["merges"]), 5 * 4 * len(cfg["ffg"]["densities"])
+    densities = len(cfg["ffg"]["densities"])
+    swept = sum(1 for m in cfg["merges"].values() if m.get("densities") == "sweep")  # each once per density
+    n_merges, n_points = len(cfg["merges"]) + swept * densities, 5 * 4 * densities
     external = [b for b in cfg["evaluation"]["backends"] if b != "builtin"]
+    assert swept == 4 and cfg["merges"]["fisher"]["moments"] == "empirical_fisher"
     assert job_counts(res.stdout + res.stderr) == {
         "demo_base": 1, "demo_expert": 5, "demo_texts": 1, "download": 6, "compress_moments": 5,
-        "hessians": 1, "sparsegpt_importance": 1, "ffg": n_points, "merge_config": n_merges,
+        "empirical_fisher": 5, "hessians": 1, "sparsegpt_importance": 1, "ffg": n_points, "merge_config": n_merges,
         "merge": n_merges, "model_card": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1,
-        "retention": 1,
+        "retention": 1, "claims": 1,
         "sweep_summary": 1, "plots": 1, "all": 1,
         # lm_eval and perplexity score the main table's models; the builtin evaluator also the sweep
         **{f"evaluate_{b}": 6 + n_merges for b in external}}
@@ -198,15 +202,16 @@ def test_demo_seeds_is_the_default_demo_over_three_seeds_with_pairs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     overlay = yaml.safe_load((REPO / "config/demo-seeds.yaml").read_text())
     experts, pairs, densities = 5, 10, len(default_config()["ffg"]["densities"])
-    # ties_sparsegpt dropped; pairs of each method the overlay names
-    merges = (len(default_config()["merges"]) - 1) + len(overlay["subsets"]["methods"]) * pairs
+    # ties_sparsegpt dropped; four merges swept over the densities; pairs of each method the overlay names
+    merges = (len(default_config()["merges"]) - 1) + 4 * densities + len(overlay["subsets"]["methods"]) * pairs
     # per seed: (fisher, magnitude) at each density, and fisher_rank1 at each for ota_ffg_rank1
     points = experts * 3 * densities
     assert job_counts(res.stdout + res.stderr) == {
         "demo_base": 3, "demo_expert": 3 * experts, "download": 3 * (1 + experts), "compress_moments": 3 * experts,
+        "empirical_fisher": 3 * experts,
         "ffg": 3 * points, "merge_config": 3 * merges, "merge": 3 * merges, "model_card": 3 * merges,
         "evaluate_builtin": 3 * (1 + experts + points + merges), "summary": 1, "retention": 1, "sweep_summary": 1,
-        "plots": 1, "all": 1}
+        "claims": 1, "plots": 1, "all": 1}
     assert "output: resources/demo/seed2/experts/facts" in res.stdout
     assert "output: results/seed1/merges/ota_ffg.reverse-shift/model" in res.stdout
     assert "demo" not in overlay  # the demo itself is config.yaml's
@@ -328,7 +333,7 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path, monkeyp
     html = (tmp_path / "wf/report.html").read_text()
     for name in ("summary/retention.md", "summary/accuracy.md", "summary/sweep.md", "summary/thresholds.csv", "plots/ffg_sweep.png",
                  "plots/methods.png", "plots/localization.png", "plots/mask_rank.png",
-                 "plots/curvature_overlap.png"):
+                 "plots/curvature_overlap.png", "plots/merge_density.png", "summary/claims.md"):
         data = re.search(rf"filename={re.escape(name.split('/')[1])};base64,([A-Za-z0-9+/=]+)", html)[1]
         assert base64.b64decode(data) == (tmp_path / "wf/results" / name).read_bytes(), name
     assert (tmp_path / "wf/results/plots/methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -340,7 +345,8 @@ def test_tiny_workflow_runs_and_reruns_only_the_changed_expert(tmp_path, monkeyp
     # the new point for each expert, its evaluation, and the aggregation downstream
     assert job_counts(added.stdout + added.stderr) == {
         "ffg": 2 * 2, "evaluate_builtin": 2 * 2 + 1, "evaluate_lm_eval": 1, "evaluate_perplexity": 1, "merge_config": 1,
-        "merge": 1, "model_card": 1, "summary": 1, "retention": 1, "sweep_summary": 1, "plots": 1, "all": 1}
+        "merge": 1, "model_card": 1, "summary": 1, "retention": 1, "sweep_summary": 1, "claims": 1, "plots": 1,
+        "all": 1}
     outputs = [line for line in added.stdout.splitlines() if line.strip().startswith("output:")]
     assert any(o.strip() == "output: results/seed0/ffg/add/fisher/0.3" for o in outputs)
     assert not any("results/seed0/ffg/add/fisher/0.1" in o for o in outputs)
@@ -413,11 +419,11 @@ def test_two_seeds_run_the_whole_family_each_and_retention_is_their_mean(tmp_pat
     cfg["ffg"] = {"densities": [0.5], "metrics": ["fisher"]}
     # fixed: merge configs need no sweep scores (auto could also pick density 1, not swept here)
     cfg["thresholds"] = {"mode": "fixed", "fixed": {"add": 0.5, "shf": 0.5, "srt": 0.5}}
-    cfg["merges"] = {"ota_ffg": cfg["merges"]["ota_ffg"]}
+    cfg["merges"] = {"ota_ffg": {**cfg["merges"]["ota_ffg"], "densities": "sweep"}}
     cfg["subsets"] = {"methods": ["ota_ffg"], "groups": {"add_shf": ["add", "shf"]}}
     wf = tmp_path / "wf"
     tables = [layout.summary(t) for t in ("scores.csv", "retention.csv", "retention.md")]
-    run = snakemake(wf, "--cores", "2", *tables, config=cfg)
+    run = snakemake(wf, "--cores", "2", *tables, layout.summary("claims.md"), config=cfg)
     assert run.returncode == 0, run.stderr[-3000:]
     scores = pd.read_csv(wf / "results/summary/scores.csv")
     assert sorted(set(scores.seed)) == [0, 1] and list(scores.columns)[-1] == "seed"
@@ -428,7 +434,7 @@ def test_two_seeds_run_the_whole_family_each_and_retention_is_their_mean(tmp_pat
     assert (wf / layout.log("demo_expert", 1, "srt")).stat().st_size > 0
 
     tasks = {"add": "add", "shf": "shift", "srt": "sort"}
-    experts = {"ota_ffg": ["add", "shf", "srt"], "ota_ffg.add_shf": ["add", "shf"]}
+    experts = {"ota_ffg": ["add", "shf", "srt"], "ota_ffg.add_shf": ["add", "shf"], "ota_ffg@0.5": ["add", "shf", "srt"]}
     retention = pd.read_csv(wf / "results/summary/retention.csv")
     assert sorted(zip(retention["merge"], retention.metric)) == sorted(
         (m, metric) for m in experts for metric in ("exact_match", "token_accuracy"))
@@ -442,13 +448,49 @@ def test_two_seeds_run_the_whole_family_each_and_retention_is_their_mean(tmp_pat
     assert (retention[retention.metric == "token_accuracy"].n_seeds == 2).all()
     md = (wf / "results/summary/retention.md").read_text()
     assert re.findall(r"^## .*$", md, re.M)[0] == "## exact_match (builtin): merges of all experts"
+    # every expert at the fixed density 0.5 either way: the sweep's point is the merge, byte for byte
+    for s in (0, 1):
+        point, merge = (wf / layout.merged_model(s, m) / "model.safetensors" for m in ("ota_ffg@0.5", "ota_ffg"))
+        assert point.read_bytes() == merge.read_bytes()
+    _claims_from_the_runs_own_files(wf, ["add", "shf", "srt"], (0, 1))
 
     more = snakemake(wf, "-n", *tables, config={**cfg, "seeds": [0, 1, 2]})
     assert job_counts(more.stdout + more.stderr) == {
-        "demo_base": 1, "demo_expert": 3, "download": 4, "ffg": 3, "merge_config": 2, "merge": 2,
-        "evaluate_builtin": 4 + 3 + 2, "summary": 1, "retention": 1}
+        "demo_base": 1, "demo_expert": 3, "download": 4, "ffg": 3, "merge_config": 3, "merge": 3,
+        "evaluate_builtin": 4 + 3 + 3, "summary": 1, "retention": 1}
     outputs = [line.strip() for line in more.stdout.splitlines() if line.strip().startswith("output:")]
     assert not any("seed0" in o or "seed1" in o for o in outputs)
+
+
+def _claims_from_the_runs_own_files(wf: Path, experts: list[str], seeds: tuple[int, ...]) -> None:
+    """claims.csv: the merges this run lacks (TIES, Fisher, OTA, rank-1, a sweep of 2 or
+    more densities, a magnitude sweep) are not measured; where FFG's masks sit (d2) and the
+    experts' curvature overlap (e) recomputed here from the grafts' statistics and the
+    moments files, mean over the seeds (two: no t interval, so not separated)."""
+    table = pd.read_csv(wf / "results/summary/claims.csv").set_index("claim")
+    assert table.loc[["a1", "a2", "b1", "b2", "c", "f", "g"], "verdict"].tolist() == ["not measured"] * 7
+    d2, overlap = [], []
+    for s in seeds:
+        ratios = []
+        for e in experts:  # fixed density 0.5: every expert's graft at 0.5
+            t = json.loads((wf / layout.graft_dir(s, e, "fisher", "0.5") / "statistics.json").read_text())["tensors"]
+            early = [n for n in t if "embed_tokens" in n or re.search(r"layers\.0\.self_attn\.[qk]_proj", n)]
+            kept = sum(t[n]["kept"] for n in early) / sum(v["kept"] for v in t.values())
+            ratios.append(kept / (sum(t[n]["total"] for n in early) / sum(v["total"] for v in t.values())))
+        d2.append(sum(ratios) / len(ratios))
+        moments = {e: load_file(wf / layout.model_dir(s, e) / "preconditioner.safetensors") for e in experts}
+        values = []
+        for n, v in moments[experts[0]].items():
+            if v.dim() != 2:
+                continue
+            k = max(1, round(0.01 * v.numel()))
+            top = {e: set(torch.topk(moments[e][n].flatten(), k).indices.tolist()) for e in experts}
+            values += [len(top[a] & top[b]) / k for a, b in itertools.combinations(experts, 2)]
+        overlap.append(sum(values) / len(values))
+    assert table.loc["d2", "mean"] == pytest.approx(sum(d2) / 2, rel=1e-5)
+    assert table.loc["e", "mean"] == pytest.approx(sum(overlap) / 2, rel=1e-5)
+    assert table.loc["d2", "interval"] == "min-max" and table.loc["d2", "verdict"] == "not separated"
+    assert "| d1 " in (wf / "results/summary/claims.md").read_text()
 
 
 def _failed_merge_leaves_no_partial_output(wf, cfg):
@@ -484,10 +526,10 @@ def _failed_merge_leaves_no_partial_output(wf, cfg):
 def test_full_demo_experts_beat_the_base_on_their_own_task_and_merges_keep_it(tmp_path):
     """The default config's models, as `make demo` builds them: each expert gains >= 30
     points on its own task, and the two merges of all five that need no FFG sweep (OTA
-    without masks, Fisher averaging) keep at least half of that gain on average (seed 0
-    measured 0.8-0.9). (The rest of the chain runs in the tiny end-to-end test.)"""
+    without masks, Fisher averaging from Adam's moments) keep at least half of that gain on
+    average (seed 0 measured 0.8-0.9). (The rest of the chain runs in the tiny end-to-end test.)"""
     cfg = default_config()
-    merges = ["ota", "fisher"]
+    merges = ["ota", "fisher_adam"]
     targets = [layout.scores(0, "builtin", m) for m in ["base", *cfg["demo"]["experts"]]]
     targets += [layout.scores(0, "builtin", f"merge/{m}") for m in merges]
     res = snakemake(tmp_path, "--profile", str(REPO / "profiles/local"), "-j2", *targets, config=cfg)
