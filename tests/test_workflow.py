@@ -462,6 +462,46 @@ def test_two_seeds_run_the_whole_family_each_and_retention_is_their_mean(tmp_pat
     assert not any("seed0" in o or "seed1" in o for o in outputs)
 
 
+def test_a_merge_chooses_its_density_on_validation_prompts(tmp_path):
+    """thresholds.mode merge: the merge takes, for every expert, the density of its sweep
+    whose merged model keeps the most of the experts' token-accuracy gain on validation
+    prompts (recomputed here from the JSON files); the merge is that point, byte for byte,
+    and merge_choice.csv reports the same choice with the point's test retention."""
+    cfg = tiny_config()
+    cfg["demo"]["threads"] = 1
+    cfg["demo"]["expert_defaults"].update(steps=30, lr=3e-3)
+    cfg["demo"]["experts"]["rev"]["steps"] = 30
+    cfg["thresholds"]["mode"] = "merge"
+    cfg["merges"] = {"ota_ffg": {**cfg["merges"]["ota_ffg"], "densities": "sweep"}}
+    wf = tmp_path / "wf"
+    run = snakemake(wf, "--cores", "2", layout.merged_model(0, "ota_ffg"), layout.summary("merge_choice.md"),
+                    config=cfg)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    def own(model: str, expert: str) -> float:
+        rows = json.loads((wf / layout.scores(0, "validation", model)).read_text())
+        task = cfg["demo"]["experts"][expert]["task"]
+        assert all(r["backend"] == "validation" and r["n"] == 20 for r in rows)
+        return next(r["score"] for r in rows if r["task"] == task and r["metric"] == "token_accuracy")
+
+    gained = [e for e in ("add", "rev") if own(e, e) != own("base", e)]  # a zero gain has no ratio
+    assert gained
+    kept = {d: sum((own(f"merge/ota_ffg@{d}", e) - own("base", e)) / (own(e, e) - own("base", e))
+                   for e in gained) / len(gained) for d in ("0.1", "0.5")}
+    best = max(kept, key=lambda d: (kept[d], -float(d)))
+    chosen = pd.read_csv(wf / layout.merge_thresholds(0, "ota_ffg"))
+    assert set(chosen["mode"]) == {"merge"} and set(chosen.density) == {float(best)}
+    assert "validation gain" in chosen.reason[0]
+    model = (wf / layout.merged_model(0, "ota_ffg") / "model.safetensors").read_bytes()
+    assert model == (wf / layout.merged_model(0, f"ota_ffg@{best}") / "model.safetensors").read_bytes()
+    table = pd.read_csv(wf / "results/summary/merge_choice.csv").iloc[0]
+    assert (table["merge"], table.density) == ("ota_ffg", float(best))
+    assert table.validation_retention == pytest.approx(kept[best], rel=1e-5)
+    by_seed = pd.read_csv(wf / "results/summary/retention_by_seed.csv")
+    point = by_seed[(by_seed["merge"] == f"ota_ffg@{best}") & (by_seed.metric == "exact_match")].retention.iloc[0]
+    assert table.test_retention == pytest.approx(point, rel=1e-5, nan_ok=True)
+
+
 def _claims_from_the_runs_own_files(wf: Path, experts: list[str], seeds: tuple[int, ...]) -> None:
     """claims.csv: the merges this run lacks (TIES, Fisher, OTA, rank-1, a sweep of 2 or
     more densities, a magnitude sweep) are not measured; where FFG's masks sit (d2) and the

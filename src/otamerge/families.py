@@ -96,6 +96,21 @@ def _pretrained() -> Family:
 FAMILIES = {"tiny": _tiny, "pretrained": _pretrained}
 
 
+def validation_set(fam: Family, task: str, n: int, seed: int) -> list[Example]:
+    """Up to ``n`` distinct examples of a task that are none of its ``n`` held-out (test)
+    prompts, to choose settings on without a test prompt: drawn as training examples are
+    (so an expert may have trained on some), from a stream of their own; empty where every
+    prompt of a task is held out (the demo's facts: the whole table is its test set)."""
+    held = {p for p, _ in fam.eval_set(task, n, seed)}
+    found: dict[str, str] = {}
+    for p, a in fam.train_examples(task, 20 * n, n, seed, f"validation/{task}/{seed}"):
+        if p not in held:
+            found.setdefault(p, a)
+            if len(found) == n:
+                break
+    return sorted(found.items())
+
+
 def get_family(name: str) -> Family:
     if name not in FAMILIES:
         raise KeyError(f"unknown task family {name!r} (known: {', '.join(FAMILIES)})")

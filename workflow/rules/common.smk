@@ -41,6 +41,14 @@ METRICS = config["ffg"]["metrics"]
 MERGES, MERGE_INFO = expand_merges({m: s for m, s in config["merges"].items() if s is not None}, EXPERTS,
                                    config.get("subsets"), DENSITIES)
 BACKENDS = config["evaluation"]["backends"]
+# the points of each merge's density sweep, {merge: {density: point's merge name}}, and
+# whether the builtin evaluator scores them on validation prompts (disjoint from the test
+# prompts) for the density a merge chooses itself (report, and thresholds.mode: merge)
+SWEEP_POINTS = {}
+for _name, _info in MERGE_INFO.items():
+    if _info.density:
+        SWEEP_POINTS.setdefault(_info.method, {})[_info.density] = _name
+VALIDATED = bool(SWEEP_POINTS) and FAMILY is not None and "builtin" in BACKENDS
 # the backend and metric whose own-task scores choose automatic FFG densities
 THRESHOLD_BACKEND = config["thresholds"].get("backend", "builtin")
 THRESHOLD_SCORE = config["thresholds"].get("score", "token_accuracy" if THRESHOLD_BACKEND == "builtin" else None)
@@ -166,11 +174,25 @@ def merge_experts(merge):
     return list(MERGE_INFO[merge].experts)
 
 
+def chooses_by_merge(merge):
+    """Whether a merge takes the density its own sweep's merged models keep most with on
+    validation prompts (thresholds.mode: merge, a merge with a density sweep)."""
+    return config["thresholds"]["mode"] == "merge" and merge in SWEEP_POINTS
+
+
+def validation_scores(seed, merge):
+    """Validation score files the merge-level choice reads: base, experts, the sweep's points."""
+    models = MODELS + [layout.merge_name(p) for p in SWEEP_POINTS[merge].values()]
+    return [layout.scores(seed, "validation", m) for m in models]
+
+
 def fixed_density(expert, merge=None):
     """An expert's density in a merge: the merge's own (a point of its density sweep),
-    the configured one, or None where it is chosen automatically."""
+    the configured one, or None where it is chosen (per expert, or by the merge)."""
     if merge and MERGE_INFO[merge].density:
         return MERGE_INFO[merge].density
+    if merge and chooses_by_merge(merge):
+        return None
     fixed = config["thresholds"].get("fixed", {})
     if expert in fixed:
         return density_label(fixed[expert])
@@ -199,7 +221,10 @@ def merge_config_inputs(wildcards):
     kind = merge_moments_kind(spec)
     if kind:
         inputs["moments"] = [moments_input(seed, e, kind) for e in experts]
-    if spec.get("ffg"):
+    if spec.get("ffg") and chooses_by_merge(wildcards.merge):
+        inputs["sweeps"] = [layout.graft_dir(seed, e, spec["ffg"], d) for e, d in ffg_points(wildcards.merge)]
+        inputs["validation"] = validation_scores(seed, wildcards.merge)
+    elif spec.get("ffg"):
         inputs["sweeps"] = [layout.graft_dir(seed, e, spec["ffg"], d) for e, d in ffg_points(wildcards.merge)]
         inputs["scores"] = [
             layout.scores(seed, THRESHOLD_BACKEND, layout.graft_name(e, spec["ffg"], d)) for e in experts
@@ -223,6 +248,8 @@ def merge_config_params(wildcards):
             "tasks": {e: TASK[e] for e in experts},
             "points": ffg_points(wildcards.merge),  # one per input sweep folder, in order
         }
+        if chooses_by_merge(wildcards.merge):  # the density sweep's point merges, chosen among by score
+            params["thresholds"]["by_merge"] = SWEEP_POINTS[wildcards.merge]
     return params
 
 
@@ -279,7 +306,11 @@ def require_sections():
                          "or curvature source empirical_fisher)")
     if FISHER_NEEDED and DEMO is None and "calibration" not in CURVATURE:
         raise ValueError("curvature source empirical_fisher needs curvature.calibration (text) for hub or local experts")
-    auto = config["thresholds"]["mode"] == "auto" and any(s.get("ffg") for s in MERGES.values())
+    if config["thresholds"]["mode"] == "merge" and not (FAMILY and "builtin" in BACKENDS):
+        raise ValueError("thresholds.mode merge chooses on the builtin evaluator's validation prompts of a family "
+                         "the workflow builds (demo or pretrained): add builtin to evaluation.backends")
+    # merge mode: merges without a density sweep choose per expert, as auto
+    auto = config["thresholds"]["mode"] in ("auto", "merge") and any(s.get("ffg") for s in MERGES.values())
     if auto and THRESHOLD_BACKEND not in BACKENDS:
         raise ValueError(f"thresholds.backend {THRESHOLD_BACKEND} chooses the densities but is not in "
                          "evaluation.backends")
@@ -369,4 +400,6 @@ def get_final_output():
             out += [layout.plot("methods")]
         if MERGES:
             out += [layout.summary("claims.md")]
+        if VALIDATED:
+            out += [layout.summary("merge_choice.md")]
     return out

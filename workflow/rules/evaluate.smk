@@ -24,6 +24,31 @@ rule evaluate_builtin:
         "../scripts/evaluate_builtin.py"
 
 
+# the same evaluator on prompts disjoint from the test prompts: what a merge's own density
+# choice reads (results/summary/merge_choice.md, thresholds.mode: merge)
+rule evaluate_validation:
+    input:
+        model_input,
+    output:
+        layout.scores("{seed}", "validation", "{model}"),
+    log:
+        layout.log("evaluate_validation", "{seed}", "{model}"),
+    params:
+        tasks=config["evaluation"]["tasks"],
+        n=N_EVAL,
+        family=FAMILY or "tiny",
+        seed=lambda wc: int(wc.seed),
+    threads: 1
+    resources:
+        mem_mb=scaled(2000, 4000),
+        runtime=scaled(10, 5),
+        gpu=GPUS,
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/evaluate_validation.py"
+
+
 rule evaluate_olmes:
     input:
         model_input,

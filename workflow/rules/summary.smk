@@ -134,3 +134,27 @@ rule claims:
         "../envs/otamerge.yaml"
     script:
         "../scripts/claims.py"
+
+
+rule merge_choice:
+    input:
+        validation=[f for s in SEEDS for m in SWEEP_POINTS for f in validation_scores(s, m)],
+        by_seed=layout.summary("retention_by_seed.csv"),
+    output:
+        table=report(layout.summary("merge_choice.md"), caption="../report/merge_choice.rst", category="1. Retention"),
+        csv=layout.summary("merge_choice.csv"),
+    log:
+        layout.log("merge_choice", None, "merge_choice"),
+    params:
+        points=SWEEP_POINTS,
+        experts={m: merge_experts(m) for m in SWEEP_POINTS},
+        tasks=TASK,
+        metric=THRESHOLD_SCORE,
+    threads: 1
+    resources:
+        mem_mb=scaled(1000, 0),
+        runtime=scaled(5, 0),
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/merge_choice.py"

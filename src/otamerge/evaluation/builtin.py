@@ -21,12 +21,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from otamerge.demo.model import token_table
 from otamerge.errors import OtaMergeError
-from otamerge.families import Example, Family, answer_token_hits, get_family
+from otamerge.families import Example, Family, answer_token_hits, get_family, validation_set
 from otamerge.evaluation.tidy import score_row
 
 Generate = Callable[[Sequence[str], int], list[str]]
 
 BACKEND = "builtin"
+TEST, VALIDATION = "test", "validation"  # the held-out prompts, and prompts disjoint from them
 
 
 def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
@@ -102,14 +103,20 @@ def score_examples(fam: Family, model: torch.nn.Module, tokenizer, examples: Seq
 
 
 def evaluate(
-    model: torch.nn.Module, tokenizer, tasks: Sequence[str], n: int, seed: int, name: str, family: str = "tiny"
+    model: torch.nn.Module, tokenizer, tasks: Sequence[str], n: int, seed: int, name: str, family: str = "tiny",
+    split: str = TEST,
 ) -> list[dict]:
     """Tidy score rows (model, task, metric, score, n, backend) for each task of ``family``
-    (``tiny``: the demo's; ``pretrained``: the chat tasks of a real pretrained family)."""
+    (``tiny``: the demo's; ``pretrained``: the chat tasks of a real pretrained family), on
+    its held-out test prompts or (``split`` validation, backend ``validation``) on as many
+    prompts disjoint from them; a task with no such prompt gives no validation row."""
     fam = get_family(family)
     rows = []
     for task in tasks:
-        examples = fam.eval_set(task, n, seed)
+        examples = fam.eval_set(task, n, seed) if split == TEST else validation_set(fam, task, n, seed)
+        if not examples:
+            continue
         scores = score_examples(fam, model, tokenizer, examples, fam.max_new_tokens(task))
-        rows += [score_row(name, task, m, s, len(examples), BACKEND) for m, s in scores.items()]
+        rows += [score_row(name, task, m, s, len(examples), BACKEND if split == TEST else VALIDATION)
+                 for m, s in scores.items()]
     return rows
