@@ -156,6 +156,9 @@ def test_a_second_snakemake_on_the_same_results_is_refused_by_the_lock(tmp_path)
 
     cfg = tiny_config()
     cfg["demo"]["threads"] = 1
+    # the first run (about 30 s) outlasts the second one's start-up: 3-4 s, 10 s where a SLURM client
+    # finds no slurmctld (the SLURM executor plugin asks scontrol at import)
+    cfg["demo"]["base"]["steps"] = 2500
     wf = tmp_path / "wf"
     wf.mkdir()
     (wf / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -167,12 +170,13 @@ def test_a_second_snakemake_on_the_same_results_is_refused_by_the_lock(tmp_path)
         while not any((wf / ".snakemake/locks").glob("*")) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert first.poll() is None, "the first run ended before the test could race it"
-        second = snakemake(wf, "-j1", "resources/demo/seed0/experts/rev", config=cfg)
+        # the same target: the second one's outputs are the first one's, under its lock
+        second = snakemake(wf, "-j1", "resources/demo/seed0/experts/add", config=cfg)
         assert second.returncode != 0
         # Snakemake refuses by its lock, or (when the first run's job has already marked its
         # output) by that output's incomplete marker, checked first: measured under load
         assert "Directory cannot be locked" in second.stderr or "Incomplete files:" in second.stderr
-        assert not (wf / "resources/demo/seed0/experts/rev").exists()
+        assert "Finished jobid" not in second.stderr and not (wf / "resources/demo/seed0/experts/rev").exists()
     finally:
         assert first.wait(timeout=300) == 0
     assert (wf / "resources/demo/seed0/experts/add/model.safetensors").is_file()

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 from otamerge.workflow import layout
 from otamerge.demo.settings import base_data, expert_config
 from otamerge.ffg.densities import density_label
-from otamerge.report.claims import CLAIM_MERGES as DEFAULT_CLAIM_MERGES
+from otamerge.workflow.claims import CLAIM_MERGES as DEFAULT_CLAIM_MERGES
 from otamerge.workflow.merge_specs import FFG_METRICS
 from otamerge.workflow.merge_specs import moments_kind as merge_moments_kind
 from otamerge.workflow.publish import publish_repos

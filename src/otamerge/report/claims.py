@@ -29,11 +29,10 @@ from otamerge.ffg.densities import density_label
 from otamerge.io.atomic import atomic_file
 from otamerge.report.intervals import T95, Interval, describe, interval
 from otamerge.report.retention import LEADING
+from otamerge.workflow.claims import CLAIM_MERGES
 from otamerge.workflow.layout import graft_name, graft_statistics
 
 HOLDS, FAILS, OPEN, ABSENT = "holds", "does not hold", "not separated", "not measured"
-# the configured merge each claim reads, by its role (config claims: overrides)
-CLAIM_MERGES = {"ota_ffg": "ota_ffg", "ties": "ties", "fisher": "fisher", "rank1": "ota_ffg_rank1", "ota": "ota"}
 RANK1_MARGIN = 0.02    # rank-1 moments "keep" OTA+FFG's retention: at most 0.02 below it
 ROBUST_MARGIN = 0.05   # "robust across sparsity": best and worst density within 0.05 of retention
 TOP_FRACTION = 0.01    # curvature overlap: each expert's top 1% of exp_avg_sq entries per matrix
