@@ -58,6 +58,8 @@ CASES = {  # method: per-model extra parameters (density 1.0 unless given)
     "ram": {},
     "ram@0.02": {},
     "ramplus_tl@0.02": {},
+    "della": {},  # density 1: no random drop (test_della.py checks the drop's distribution against mergekit's)
+    "della_linear": {},
     "arcee_fusion": {},  # the base and expert0, like slerp (tensors under 10^6 entries: exact quartiles)  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
 }
 GLOBAL = {"sce@0.3": {"select_topk": 0.3}, "slerp": {"t": 0.3}, "slerp@0.8": {"t": 0.8},

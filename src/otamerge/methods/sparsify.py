@@ -1,4 +1,4 @@
-"""Per-tensor sparsification of task vectors: top-k by magnitude, breadcrumbs, DARE.
+"""Per-tensor sparsification of task vectors: top-k by magnitude, breadcrumbs, DARE, DELLA.
 
 The sparsifiers overwrite the task vector they are given (it is the merge's own copy):
 a TIES merge of an 8B model then holds no second copy of each expert's embedding.
@@ -139,6 +139,51 @@ def dare(delta: torch.Tensor, density: float, generator: torch.Generator, rescal
     if density >= 1:
         return delta
     return _apply(delta, bernoulli(delta.numel(), density, generator).to(delta.device), rescale)
+
+
+def della_probabilities(magnitudes: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's keep probability of each entry of rows of |delta| (rows x n, fp32): from
+    density - epsilon for a row's smallest magnitude, rising linearly with its rank, to
+    density + epsilon for the largest (mergekit 0.1.5's della_magprune). Equal magnitudes
+    rank by index, lower first (a stable sort; mergekit's argsort is unstable). A row of
+    one entry keeps it with probability ``density`` (mergekit divides 0 by 0 there)."""
+    rows, n = magnitudes.shape
+    order = torch.argsort(magnitudes, dim=1, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(n).expand(rows, n))
+    norm = ranks.to(torch.float32).div_(max(n - 1, 1)) if n > 1 else torch.full((rows, n), 0.5)
+    return norm.mul_(2 * epsilon).add_(density - epsilon)
+
+
+def della_mask(abs_rows, shape: torch.Size, density: float, epsilon: float,
+               generator: torch.Generator) -> torch.Tensor:
+    """DELLA's kept entries (flat, bool, CPU) of a 1-D or 2-D task vector whose rows
+    ``abs_rows(a, b)`` gives as |delta| (rows a to b, fp32): drawn row block by row block
+    in order from the generator, so the mask does not depend on the block size."""
+    if len(shape) > 2:
+        raise ValueError(f"della ranks the rows of 1-D and 2-D tensors, not of a tensor of shape {tuple(shape)}")
+    if not (0 < density - epsilon and density + epsilon < 1):
+        raise ValueError(f"della: density {density} +/- epsilon {epsilon} must lie in (0, 1) (as mergekit requires)")
+    rows, n = (1, 1) if len(shape) == 0 else (1, shape[0]) if len(shape) == 1 else shape
+    kept = torch.empty(rows * n, dtype=torch.bool)
+    step = max(1, RADIX_CHUNK // max(n, 1))
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        probs = della_probabilities(abs_rows(a, b).reshape(b - a, n).float().cpu(), density, epsilon)
+        kept[a * n:b * n] = torch.bernoulli(probs, generator=generator).bool().view(-1)
+    return kept
+
+
+def della(delta: torch.Tensor, density: float, epsilon: float, generator: torch.Generator,
+          rescale: bool = True) -> torch.Tensor:
+    """DELLA's magnitude-ranked random drop (MAGPRUNE): keep each entry with its rank's
+    probability (della_probabilities), then rescale to the task vector's L1 norm."""
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return delta.mul_(0)
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
+    mask = della_mask(lambda a, b: rows[a:b].abs(), delta.shape, density, epsilon, generator)
+    return _apply(delta, mask.to(delta.device), rescale)
 
 
 def bernoulli(n: int, density: float, generator: torch.Generator) -> torch.Tensor:

@@ -101,6 +101,19 @@ def _random(src: Source, inputs: TensorInputs, i: int, density: float, rescale: 
     return Sparsity(lambda: lambda s, delta: kept[s], True)
 
 
+def _della(src: Source, inputs: TensorInputs, i: int, density: float, epsilon: float, rescale: bool) -> Sparsity:
+    """DELLA's mask, drawn once for the whole tensor from its rows' magnitudes (row blocks)."""
+    shape = inputs.base.shape
+    n = shape[-1] if len(shape) else 1
+
+    def abs_rows(a: int, b: int) -> torch.Tensor:
+        return src.delta(i, slice(a * n, b * n)).abs_()
+
+    gen = sparsify.model_generator(inputs.seed, inputs.name, i)
+    kept = sparsify.della_mask(abs_rows, shape, density, epsilon, gen).to(src.base.device)
+    return Sparsity(lambda: lambda s, delta: kept[s], rescale)
+
+
 def sparsity(kind: str | None, src: Source, inputs: TensorInputs, i: int) -> Sparsity | None:
     """What model i keeps of its task vector (None: all of it), as sparsify's rules say."""
     p, n = inputs.model_params[i], src.base.numel()
@@ -111,6 +124,10 @@ def sparsity(kind: str | None, src: Source, inputs: TensorInputs, i: int) -> Spa
         return _ranked(src, i, [(sparsify.top_count(p["density"], n), True)], False, rescale)
     if kind == "random":
         return _random(src, inputs, i, p["density"], rescale)
+    if kind == "della":
+        if p["density"] <= 0:  # (della() zeroes the task vector)
+            return Sparsity(lambda: lambda s, delta: torch.zeros_like(delta, dtype=torch.bool), False)
+        return _della(src, inputs, i, p["density"], p["epsilon"], rescale)
     fork = inputs.params.get("breadcrumbs_compat", "mergekit") == "fork"
     window = sparsify.breadcrumbs_window(p["density"], p["gamma"], n, fork)
     if window is None:  # (a zero mask, no rescale: what breadcrumbs() does)

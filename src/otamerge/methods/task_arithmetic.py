@@ -1,7 +1,8 @@
 """The task-arithmetic family, defined as mergekit 0.1.5 defines it.
 
 task vector t_i = w_i - w_0; optional per-tensor sparsification of each t_i (magnitude
-top-k for TIES, random drop for DARE, outlier-and-bottom cut for breadcrumbs); optional
+top-k for TIES, random drop for DARE, outlier-and-bottom cut for breadcrumbs, a random
+drop whose keep probability rises with |t| within each row for DELLA); optional
 sign consensus (TIES: the sign of the weighted sum); then
     merged = w_0 + lambda * sum_i weight_i t_i / divisor
 with divisor = sum of the weights (of the agreeing models, under consensus) when
@@ -30,6 +31,9 @@ def _sparsified(kind: str | None, inputs: TensorInputs, i: int, delta: torch.Ten
     if kind == "random":
         gen = model_generator(inputs.seed, inputs.name, i)
         return sparsify.dare(delta, p["density"], gen, rescale)
+    if kind == "della":
+        gen = model_generator(inputs.seed, inputs.name, i)
+        return sparsify.della(delta, p["density"], p["epsilon"], gen, rescale)
     if kind == "breadcrumbs":
         scores = importance(trim_by, delta, inputs.moments[i])
         fork = inputs.params.get("breadcrumbs_compat", "mergekit") == "fork"
@@ -107,6 +111,9 @@ def _method(name: str, sparsification: str | None, consensus: bool, normalize: b
 _GAMMA = (Param("gamma", 0.01, per_model=True),
           Param("breadcrumbs_compat", "mergekit", kind=str, choices=("mergekit", "fork")))
 
+# DELLA: keep probabilities from density - epsilon (smallest |delta| of a row) to density + epsilon
+_EPSILON = (Param("epsilon", 0.15, per_model=True),)
+
 METHODS = (
     _method("task_arithmetic", None, False, False, False, "base + sum of weighted task vectors"),
     _method("ties", "magnitude", True, True, False, "top-k by magnitude, sign election, disjoint mean"),
@@ -115,4 +122,6 @@ METHODS = (
     _method("breadcrumbs", "breadcrumbs", False, False, False, "drop outliers and small entries", _GAMMA),
     _method("breadcrumbs_ties", "breadcrumbs", True, False, False,
             "breadcrumbs then sign election", _GAMMA),
+    _method("della", "della", True, True, True, "magnitude-ranked random drop (MAGPRUNE), sign election", _EPSILON),
+    _method("della_linear", "della", False, False, True, "magnitude-ranked random drop (MAGPRUNE)", _EPSILON),
 )

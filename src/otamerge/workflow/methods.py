@@ -37,6 +37,8 @@ METHODS: dict[str, MethodTraits] = {
     "ram": MethodTraits("required", "never", ()),
     "ramplus_tl": MethodTraits("required", "never", ()),
     "arcee_fusion": MethodTraits("required", "never", ()),
+    "della": MethodTraits("required", "never", (*_TASK_VECTOR, "epsilon")),
+    "della_linear": MethodTraits("required", "never", (*_TASK_VECTOR, "epsilon")),
     "sce": MethodTraits("required", "never", _TASK_VECTOR),
     "ota": MethodTraits("optional", "always", ("preconditioner_path", "precond_threshold", "scaling_factor",
                                                "rank1_approx", "rank", "weight")),
