@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from otamerge.workflow.subsets import ALL, MergeInfo, expand_merges
+from otamerge.workflow.subsets import ALL, MergeInfo, expand_merges, sweep_points
 
 EXPERTS = ["add", "rev", "facts"]
 MERGES = {"ota_ffg": {"method": "ota", "ffg": "fisher", "parameters": {"power": 0.5}},
@@ -94,6 +94,8 @@ def test_a_density_sweep_adds_one_merge_per_density_after_the_subsets():
     assert specs["ties@0.05"]["expert_parameters"] == {"add": {"weight": 0.5}}
     assert specs["ties"]["model_parameters"]["density"] == 0.3 and infos["ties"].density is None
     assert all(NAME.match(n.replace("@", "-")) for n in specs)
+    assert sweep_points(infos) == {"ota_ffg": {"0.02": "ota_ffg@0.02", "0.05": "ota_ffg@0.05", "0.1": "ota_ffg@0.1"},
+                                   "ties": {"0.05": "ties@0.05"}}
 
 
 @pytest.mark.parametrize("spec,message", [

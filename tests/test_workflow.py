@@ -453,6 +453,11 @@ def test_two_seeds_run_the_whole_family_each_and_retention_is_their_mean(tmp_pat
         point, merge = (wf / layout.merged_model(s, m) / "model.safetensors" for m in ("ota_ffg@0.5", "ota_ffg"))
         assert point.read_bytes() == merge.read_bytes()
     _claims_from_the_runs_own_files(wf, ["add", "shf", "srt"], (0, 1))
+    # a density added to the sweep: only its grafts and its point merge (and the tables) run
+    denser = snakemake(wf, "-n", *tables, config={**cfg, "ffg": {"densities": [0.5, 0.3], "metrics": ["fisher"]}})
+    assert job_counts(denser.stdout + denser.stderr) == {
+        "ffg": 2 * 3, "merge_config": 2, "merge": 2, "evaluate_builtin": 2, "summary": 1, "retention": 1}
+    assert "merges/ota_ffg@0.3/model" in denser.stdout and "merges/ota_ffg@0.5/" not in denser.stdout
 
     more = snakemake(wf, "-n", *tables, config={**cfg, "seeds": [0, 1, 2]})
     assert job_counts(more.stdout + more.stderr) == {

@@ -12,7 +12,7 @@ from otamerge.workflow.merge_specs import FFG_METRICS
 from otamerge.workflow.merge_specs import moments_kind as merge_moments_kind
 from otamerge.workflow.publish import publish_repos
 from otamerge.workflow.seeds import config_seeds
-from otamerge.workflow.subsets import ALL, expand_merges
+from otamerge.workflow.subsets import ALL, expand_merges, sweep_points
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -44,10 +44,7 @@ BACKENDS = config["evaluation"]["backends"]
 # the points of each merge's density sweep, {merge: {density: point's merge name}}, and
 # whether the builtin evaluator scores them on validation prompts (disjoint from the test
 # prompts) for the density a merge chooses itself (report, and thresholds.mode: merge)
-SWEEP_POINTS = {}
-for _name, _info in MERGE_INFO.items():
-    if _info.density:
-        SWEEP_POINTS.setdefault(_info.method, {})[_info.density] = _name
+SWEEP_POINTS = sweep_points(MERGE_INFO)
 VALIDATED = bool(SWEEP_POINTS) and FAMILY is not None and "builtin" in BACKENDS
 # the backend and metric whose own-task scores choose automatic FFG densities
 THRESHOLD_BACKEND = config["thresholds"].get("backend", "builtin")

@@ -169,3 +169,12 @@ def expand_merges(merges: dict[str, dict[str, Any]], experts: Sequence[str],
             specs[name] = point
             infos[name] = MergeInfo(name, merge, ALL, infos[merge].experts, d)
     return specs, infos
+
+
+def sweep_points(infos: dict[str, MergeInfo]) -> dict[str, dict[str, str]]:
+    """{merge: {density: the point's merge name}} of every merge's density sweep."""
+    points: dict[str, dict[str, str]] = {}
+    for name, info in infos.items():
+        if info.density:
+            points.setdefault(info.method, {})[info.density] = name
+    return points
