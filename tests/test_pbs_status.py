@@ -146,6 +146,21 @@ def test_slurm_wlm_torque_reports_no_exit_status_so_the_job_record_decides(workd
         assert status.check(jid, now=0.0) == "running"
 
 
+def test_a_job_ending_between_its_record_and_qstat_is_not_unknown(workdir):
+    """The job ends after status.py found no exit record and before qstat answers C with
+    no exit status (slurm-wlm-torque): the record, read again, decides; nothing is logged
+    as unknown (this race once failed the torque end-to-end test)."""
+    jid = JOB_IDS["slurm-wlm-torque"]
+    record = workdir / "late.exit"
+    (workdir / "logs/pbs/jobs").mkdir(parents=True)
+    (workdir / status.record_path(jid)).write_text(json.dumps({"exit_record": str(record), "state_timeout": 60}))
+    fake_qstat(workdir / "bin", "slurm-wlm-torque", "finished0")
+    qstat = workdir / "bin/qstat"  # the wrapper writes the record as the job ends, while qstat runs
+    qstat.write_text(qstat.read_text().replace("#!/bin/sh\n", f"#!/bin/sh\necho 0 > {shlex.quote(str(record))}\n", 1))
+    assert status.check(jid, now=0.0) == "success"
+    assert not (workdir / status.STATUS_LOG).exists()
+
+
 def test_parse_qstat_f_joins_continuation_lines_and_picks_the_job():
     text = (CANNED / "pbspro/running.txt").read_text()
     attrs = status.parse_qstat_f(text, "1042")  # the id without the server part

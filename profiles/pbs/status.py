@@ -167,6 +167,11 @@ def query(job_id: str, record: dict) -> tuple[str | None, str]:
     if found:
         return found, "qstat -f"
     if attrs:
+        # the job may have ended between reading its record and asking qstat: its wrapper
+        # writes the record before the job ends, so a finished job's record is there now
+        found = recorded_state(record)
+        if found:
+            return found, "exit record"
         evidence = (f"qstat -f: job_state = {attrs.get('job_state', '?')}, exit status "
                     f"{_exit_code(attrs)}, and no exit record")
     else:
