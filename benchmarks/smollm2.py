@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from otamerge.report.plots import layer_of, role_of
+from otamerge.report.sites import layer_of, role_of
 
 
 def rule_costs(run: Path) -> pd.DataFrame:

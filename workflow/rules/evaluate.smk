@@ -38,6 +38,7 @@ rule evaluate_validation:
         n=N_EVAL,
         family=FAMILY or "tiny",
         seed=lambda wc: int(wc.seed),
+        split="validation",
     threads: 1
     resources:
         mem_mb=scaled(2000, 4000),
@@ -46,7 +47,7 @@ rule evaluate_validation:
     conda:
         "../envs/otamerge.yaml"
     script:
-        "../scripts/evaluate_validation.py"
+        "../scripts/evaluate_builtin.py"
 
 
 rule evaluate_olmes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -29,6 +28,7 @@ from otamerge.ffg.densities import density_label
 from otamerge.io.atomic import atomic_file
 from otamerge.report.intervals import T95, Interval, describe, interval
 from otamerge.report.retention import LEADING
+from otamerge.report.sites import layer_of, role_of
 from otamerge.workflow.claims import CLAIM_MERGES
 from otamerge.workflow.layout import graft_name, graft_statistics
 
@@ -199,18 +199,12 @@ def grafting(sweep: pd.DataFrame, metric: str) -> list[Row]:
                        iv, 0.0, above(iv, 0.0))]
 
 
-def _layer(name: str) -> int | None:
-    found = re.search(r"\.layers\.(\d+)\.", name)
-    return int(found[1]) if found else None
-
-
 def early_share(stats: Mapping, n_layers: int) -> tuple[float, float]:
     """(share of an FFG mask's kept entries, share of all parameters) in the token
     embeddings and the q and k projections of the first third of the layers."""
     def early(name: str) -> bool:
-        layer = _layer(name)
-        return "embed_tokens" in name or (layer is not None and layer < EARLY_SHARE * n_layers
-                                          and re.search(r"\.(q|k)_proj\.", name) is not None)
+        role, layer = role_of(name), layer_of(name)
+        return role == "embed" or (role in ("q", "k") and layer != "other" and int(layer) < EARLY_SHARE * n_layers)
     t = stats["tensors"]
     kept = sum(s["kept"] for s in t.values())
     total = sum(s["total"] for s in t.values())

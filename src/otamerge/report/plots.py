@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,23 +19,8 @@ import pandas as pd  # noqa: E402
 from otamerge.report import retention as ret  # noqa: E402
 from otamerge.report.claims import top_overlap  # noqa: E402
 from otamerge.report.intervals import NONE, describe  # noqa: E402
+from otamerge.report.sites import ROLES, layer_of, role_of  # noqa: E402
 from otamerge.workflow.subsets import ALL  # noqa: E402
-
-ROLES = ["q", "k", "v", "o", "gate", "up", "down", "norms", "embed", "lm_head"]
-_ROLE = [(r"\.q_proj\.", "q"), (r"\.k_proj\.", "k"), (r"\.v_proj\.", "v"), (r"\.o_proj\.", "o"),
-         (r"\.gate_proj\.", "gate"), (r"\.up_proj\.", "up"), (r"\.down_proj\.", "down"),
-         (r"norm", "norms"), (r"embed_tokens", "embed"), (r"lm_head", "lm_head")]
-
-
-def role_of(name: str) -> str | None:
-    return next((role for pat, role in _ROLE if re.search(pat, name)), None)
-
-
-def layer_of(name: str) -> str:
-    """``model.layers.<i>.`` -> ``<i>``; embeddings, lm_head and the final norm -> ``other``."""
-    m = re.search(r"\.layers\.(\d+)\.", name)
-    return m[1] if m else "other"
-
 
 def _save(fig, out: str | Path) -> None:
     fig.tight_layout()
@@ -179,13 +163,13 @@ def density_curves(retention_csv: str | Path, thresholds_csv: str | Path, out: s
         ax.axis("off")
         ax.text(0.5, 0.5, "no merge sweeps its density (merges.<name>.densities)", ha="center", va="center")
         return _save(fig, out)
-    chosen = pd.read_csv(thresholds_csv) if Path(thresholds_csv).stat().st_size else pd.DataFrame()
+    chosen = pd.read_csv(thresholds_csv)  # (sweep_summary writes its header even where no merge uses FFG)
     configured = ret.merges_of_all(r).set_index("merge")
     for method, g in points.groupby("method", sort=False):
         g = g.sort_values("density")
         line, = ax.plot(g.density, g["mean"], marker="o", label=method)
         ax.fill_between(g.density, g.low, g.high, color=line.get_color(), alpha=0.15)
-        if len(chosen) and "merge" in chosen and method in set(chosen["merge"]) and method in configured.index:
+        if method in set(chosen["merge"]) and method in configured.index:
             ax.plot(chosen[chosen["merge"] == method].density.mean(), configured.at[method, "mean"], marker="*",
                     markersize=13, color=line.get_color(), linestyle="none", markeredgecolor="black")
     ax.plot([], [], marker="*", color="gray", linestyle="none", markeredgecolor="black",
