@@ -11,6 +11,7 @@ import torch
 
 from otamerge.config import parse_config
 from otamerge.methods.base import TensorInputs
+from otamerge.methods import ota as ota_mod
 from otamerge.methods.ota import hybrid_norm, ota
 
 N = 3
@@ -204,3 +205,38 @@ def test_top_k_and_window_masks_count_exactly_with_ties_to_lower_indices():
     assert bottom_k_mask(v, 3).tolist() == [False, True, False, True, False, True]
     assert bottom_k_mask(v, 4).tolist() == [True, True, False, True, False, True]
     assert int(top_k_mask(torch.zeros(10), 3).sum()) == 3
+
+
+def _bf16_family(seed, shape):
+    """bf16-valued inputs as the engine gets them (upcast to fp32), some task-vector
+    entries exactly zero, fp32 moments spanning 40 binades."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g).bfloat16().float()
+    models = []
+    for _ in range(N):
+        x = (base + 0.05 * torch.randn(shape, generator=g)).bfloat16().float()
+        models.append(torch.where(torch.rand(shape, generator=g) < 0.1, base, x))
+    moments = [torch.exp(torch.empty(shape).uniform_(-30, 0, generator=g)) for _ in range(N)]
+    return base, models, moments
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0, 0.75])
+@pytest.mark.parametrize("rank1_moments", [False, True])
+@pytest.mark.parametrize("masks", ["every", "some", "none"])
+@pytest.mark.parametrize("fallback", [True, False])
+def test_fused_path_gives_the_general_paths_bits(power, rank1_moments, masks, fallback):
+    """ota() in the paper's mode takes the blocked fused path; _general is the plain
+    whole-tensor computation. Equal bit for bit, on a tensor of several blocks and a tail."""
+    shape = (ota_mod.BLOCK * 3 // 256 + 7, 256)
+    base, models, moments = _bf16_family(7, shape)
+    if rank1_moments:  # what a rank-1 moments file gives a chunk: an outer product
+        moments = [torch.outer(v.mean(1), v.mean(0) / v.mean()) for v in moments]
+    thr = {"every": _thresholds(base, models, moments), "none": [None] * N,
+           "some": [None, *_thresholds(base, models, moments)[1:]]}[masks]
+    params, mps = _params(power=power, fallback_to_base=fallback)
+    mps = [dict(mp, precond_threshold=t, scaling_factor=s) for mp, t, s in zip(mps, thr, (1.0, 0.5, 2.0))]
+    inputs = TensorInputs("model.layers.0.mlp.up_proj.weight", base, models, moments, mps, params)
+    fused = ota(inputs)
+    general = ota_mod._general(inputs, moments, thr)
+    assert fused.dtype == general.dtype == torch.float32
+    assert torch.equal(fused.view(torch.int32), general.view(torch.int32))  # -0.0 and +0.0 told apart
