@@ -93,6 +93,17 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+def _cmd_extract_lora(args: argparse.Namespace) -> None:
+    from otamerge.extract_lora import ExtractOptions, extract_lora
+
+    report = extract_lora(args.model, args.base, args.out_dir, ExtractOptions(
+        rank=args.rank, sv_epsilon=args.sv_epsilon, distribute_scale=not args.no_distribute_scale,
+        device=args.device, progress=not args.quiet))
+    print(f"LoRA adapter of rank <= {args.rank} in {args.out_dir}: {report['adapter_bytes']:,} bytes "
+          f"({report['lora_bytes']:,} in LoRA factors), relative Frobenius error of the linear layers' "
+          f"task vectors {report['relative_error']:.4f}")
+
+
 def _cmd_ffg(args: argparse.Namespace) -> None:
     from otamerge.ffg.graft import FfgOptions, ffg_sweep
 
@@ -227,6 +238,20 @@ def _add_model_commands(sub) -> None:
     m.add_argument("--seed", type=int, default=0, help="seed of random masks (DARE)")
     _streaming_options(m)
     m.set_defaults(func=_cmd_merge)
+
+    x = sub.add_parser("extract-lora", help="a model's difference to its base as a PEFT LoRA adapter "
+                       "(truncated SVD per linear layer)")
+    x.add_argument("model", help="fine-tuned or merged model folder")
+    x.add_argument("base", help="the base model folder the adapter applies to")
+    x.add_argument("out_dir", help="adapter folder (adapter_config.json, adapter_model.safetensors, "
+                   "extraction.json; written atomically)")
+    x.add_argument("--rank", type=int, default=128, help="largest rank per layer (default 128, as mergekit's)")
+    x.add_argument("--sv-epsilon", type=float, default=0.0, help="drop singular values at or below this")
+    x.add_argument("--no-distribute-scale", action="store_true",
+                   help="lora_A = S V^T and lora_B = U (default: S^1/2 on each side)")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    x.set_defaults(func=_cmd_extract_lora)
 
 
 def _add_publish_commands(sub) -> None:

@@ -8,7 +8,8 @@ target module M, ``base_model.model.M.lora_A.weight`` (r x in) and ``lora_B.weig
     scale = alpha / r               (alpha / sqrt(r) with use_rslora; r and alpha per
                                      module from rank_pattern and alpha_pattern)
 
-Any other tensor of the adapter (``modules_to_save``, trained biases) replaces the base's
+A ``lora_B.bias`` (``lora_bias``) adds ``scale * lora_B.bias`` to the module's bias; any
+other tensor of the adapter (``modules_to_save``, trained biases) replaces the base's
 tensor of that name. Nothing dense is materialised: each tensor (or row chunk) is formed
 when the merge or FFG asks for it, so the engine's memory bound holds.
 """
@@ -60,6 +61,7 @@ class LoraExpert:
         self.adapter = Checkpoint(self.path / ADAPTER_WEIGHTS, label)
         self.delta: dict[str, tuple[str, str, float]] = {}   # weight name -> (A key, B key, scale)
         self.replaced: dict[str, str] = {}                   # tensor name -> adapter key
+        self.bias: dict[str, tuple[str, float]] = {}         # bias name -> (lora_B.bias key, scale)
         for key in self.adapter.names():
             if not key.startswith(PREFIX):
                 raise OtaMergeError(f"{label}: adapter tensor {key} does not start with {PREFIX}")
@@ -67,6 +69,9 @@ class LoraExpert:
             if name.endswith(".lora_A.weight"):
                 module = name[: -len(".lora_A.weight")]
                 self.delta[f"{module}.weight"] = (key, f"{PREFIX}{module}.lora_B.weight", self._scale(cfg, module))
+            elif name.endswith(".lora_B.bias"):
+                module = name[: -len(".lora_B.bias")]
+                self.bias[f"{module}.bias"] = (key, self._scale(cfg, module))
             elif not name.endswith(".lora_B.weight"):
                 self.replaced[name] = key
         self._check()
@@ -88,7 +93,7 @@ class LoraExpert:
             if r != r_b or self.base.shape(name) != want:
                 raise OtaMergeError(f"{self.label}: LoRA factors of {name} have shapes {[r, n_in]} and "
                                     f"{[n_out, r_b]}, the base weight {list(self.base.shape(name))}")
-        for name, key in self.replaced.items():
+        for name, key in [*self.replaced.items(), *((n, k) for n, (k, _) in self.bias.items())]:
             if name not in self.base or self.adapter.shape(key) != self.base.shape(name):
                 raise OtaMergeError(f"{self.label}: adapter tensor {key} matches no base tensor of its shape")
 
@@ -110,12 +115,17 @@ class LoraExpert:
             return self.adapter.file_of(self.delta[name][0])
         if name in self.replaced:
             return self.adapter.file_of(self.replaced[name])
+        if name in self.bias:
+            return self.adapter.file_of(self.bias[name][0])
         return self.base.file_of(name)
 
     def get(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         if name in self.replaced:
             return self.adapter.get(self.replaced[name], rows).to(self.dtype(name))
         w = self.base.get(name, rows)
+        if name in self.bias:
+            key, scale = self.bias[name]
+            return (w.float() + self.adapter.get(key, rows).float() * scale).to(w.dtype)
         if name not in self.delta:
             return w
         a_key, b_key, scale = self.delta[name]
