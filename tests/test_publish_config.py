@@ -2,7 +2,7 @@
 
 import pytest
 
-from otamerge.workflow.publish import publish_repos
+from otamerge.workflow.publish import lora_merges, publish_repos
 
 
 def test_every_merge_of_every_seed_gets_its_own_repo():
@@ -23,3 +23,12 @@ def test_every_merge_of_every_seed_gets_its_own_repo():
 def test_a_config_that_cannot_publish_is_refused_naming_why(publish, message):
     with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
         publish_repos(publish, ["ota_ffg", "ties"], [0, 1])
+
+
+def test_lora_extracts_the_chosen_merges_of_every_seed():
+    assert lora_merges({"rank": 8}, ["ota_ffg", "ties"], [0, 1]) == [(0, "ota_ffg"), (0, "ties"), (1, "ota_ffg"),
+                                                                   (1, "ties")]
+    assert lora_merges({"merges": ["ties"]}, ["ota_ffg", "ties"], [2]) == [(2, "ties")]
+    assert lora_merges(None, ["ties"], [0]) == []
+    with pytest.raises(ValueError, match="lora.merges: slerp not among the merges"):
+        lora_merges({"merges": ["slerp", "ties"]}, ["ota_ffg", "ties"], [0])

@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -385,6 +386,19 @@ def _cards_and_publishing(wf: Path, cfg: dict, monkeypatch) -> None:
             assert (served / "README.md").read_bytes() == (wf / layout.model_card(0, merge)).read_bytes()
             assert (served / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
             assert json.loads((wf / layout.published(0, merge)).read_text())["repo_id"] == f"lab/tiny-{merge}-s0"
+    # config lora: the chosen merge as a rank-4 adapter over the seed's base, nothing else reruns
+    run = snakemake(wf, "--cores", "1", config={**cfg, "lora": {"rank": 4, "merges": ["ota_ffg"]}})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert job_counts(run.stdout + run.stderr) == {"extract_lora": 1, "all": 1}
+    adapter = wf / layout.lora_adapter(0, "ota_ffg")
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    report = json.loads((adapter / "extraction.json").read_text())
+    name = "model.layers.0.mlp.up_proj"  # its error is what Eckart and Young say, from numpy's fp64 SVD
+    merged, base = (Checkpoint(wf / f, "m") for f in (layout.merged_model(0, "ota_ffg"), layout.model_dir(0, "base")))
+    d = (merged.get(f"{name}.weight").double() - base.get(f"{name}.weight").double()).numpy()
+    s = np.linalg.svd(d, compute_uv=False)
+    assert report["layers"][name]["rank"] == 4
+    assert abs(report["layers"][name]["relative_error"] - np.sqrt((s[4:] ** 2).sum() / (s ** 2).sum())) < 1e-3
 
 
 def _own_task_retention(wf: Path, seed: int, merge: str, experts: list[str], tasks: dict[str, str],

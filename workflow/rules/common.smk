@@ -10,7 +10,7 @@ from otamerge.ffg.densities import density_label
 from otamerge.workflow.claims import CLAIM_MERGES as DEFAULT_CLAIM_MERGES
 from otamerge.workflow.merge_specs import FFG_METRICS
 from otamerge.workflow.merge_specs import moments_kind as merge_moments_kind
-from otamerge.workflow.publish import publish_repos
+from otamerge.workflow.publish import lora_merges, publish_repos
 from otamerge.workflow.seeds import config_seeds
 from otamerge.workflow.subsets import ALL, expand_merges, sweep_points
 
@@ -75,6 +75,7 @@ wildcard_constraints:
 PERPLEXITY_TEXTS = config["evaluation"].get("perplexity", {}).get("texts", {})
 # the merged models pushed to the hub with their cards: {(seed, merge): repo id}
 PUBLISHED = publish_repos(config.get("publish"), list(MERGES), SEEDS)
+LORA = lora_merges(config.get("lora"), list(MERGES), SEEDS)
 
 
 def scaled(fixed, per_b):
@@ -382,7 +383,7 @@ RETENTION_TABLES = ["retention.md", "retention.csv", "retention_by_size.csv", "r
 def get_final_output():
     """Every merged model of every seed with the thresholds it was made with and its card,
     every sweep point, the cross-seed summary tables of the configured evaluation
-    backends, and the pushed merges (config publish)."""
+    backends, the pushed merges (config publish) and the LoRA adapters (config lora)."""
     out = [f for s in SEEDS for m in MERGES for f in (layout.merged_model(s, m), layout.merge_thresholds(s, m))]
     out += [layout.model_folder(s, p) for s in SEEDS for p in sweep_models()]
     if BACKENDS:
@@ -391,6 +392,7 @@ def get_final_output():
             out += [layout.summary(t) for t in RETENTION_TABLES]
     out += [layout.model_card(s, m) for s in SEEDS for m in MERGES]
     out += [layout.published(s, m) for s, m in PUBLISHED]
+    out += [layout.lora_adapter(s, m) for s, m in LORA]
     if "builtin" in BACKENDS:  # the sweep is scored by the builtin evaluator only
         out += [layout.summary("sweep.md"), layout.summary("thresholds.csv")]
         if FFG_MERGES:  # the plots show the grafts the first FFG merge chose

@@ -41,3 +41,27 @@ rule publish:
         "../envs/otamerge.yaml"
     script:
         "../scripts/publish.py"
+
+
+rule extract_lora:
+    input:
+        model=layout.merged_model("{seed}", "{merge}"),
+        base=layout.model_dir("{seed}", "base"),
+    output:
+        directory(layout.lora_adapter("{seed}", "{merge}")),
+    log:
+        layout.log("extract_lora", "{seed}", "{merge}"),
+    benchmark:
+        layout.benchmark("extract_lora", "{seed}", "{merge}")
+    params:
+        rank=config["lora"]["rank"] if LORA else None,
+        sv_epsilon=config["lora"]["sv_epsilon"] if LORA else None,
+    threads: 1
+    resources:
+        mem_mb=scaled(4000, 2500),
+        runtime=scaled(10, 10),
+        gpu=GPUS,
+    conda:
+        "../envs/otamerge.yaml"
+    script:
+        "../scripts/extract_lora.py"

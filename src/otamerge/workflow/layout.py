@@ -172,6 +172,11 @@ def published(seed: Seed, merge: str) -> str:
     return f"{merge_dir(seed, merge)}/published.json"
 
 
+def lora_adapter(seed: Seed, merge: str) -> str:
+    """A merged model's difference to the base as a PEFT LoRA adapter (config lora)."""
+    return f"{merge_dir(seed, merge)}/lora"
+
+
 def model_folder(seed: Seed, model: str) -> str:
     """The folder of a model by its name in the score tables: ``base``, an expert,
     ``ffg/<expert>/<metric>/<density>`` or ``merge/<merge>``."""

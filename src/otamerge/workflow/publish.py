@@ -1,4 +1,5 @@
-"""Which merged models the workflow pushes to the hub, and under which repo ids (config publish)."""
+"""Which merged models the workflow exports: pushed to the hub under which repo ids
+(config publish), extracted as LoRA adapters (config lora)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,7 @@ def publish_repos(publish: dict | None, merges: Sequence[str], seeds: Sequence[i
     the config names an unknown merge or would push two models to one repo."""
     if not publish:
         return {}
-    chosen = publish.get("merges", list(merges))
-    unknown = sorted(set(chosen) - set(merges))
-    if unknown:
-        raise ValueError(f"publish.merges: {', '.join(unknown)} not among the merges")
+    chosen = _chosen("publish", publish, merges)
     try:
         repos = {(s, m): publish["repo"].format(merge=m, seed=s) for s in seeds for m in chosen}
     except (KeyError, IndexError, ValueError) as exc:
@@ -22,3 +20,17 @@ def publish_repos(publish: dict | None, merges: Sequence[str], seeds: Sequence[i
         raise ValueError(f"publish.repo {publish['repo']!r} gives several models one repo id: "
                          "put {merge}, and {seed} when there are several seeds, in it")
     return repos
+
+
+def lora_merges(lora: dict | None, merges: Sequence[str], seeds: Sequence[int]) -> list[tuple[int, str]]:
+    """(seed, merge) of every merged model to extract as a LoRA adapter."""
+    return [(s, m) for s in seeds for m in _chosen("lora", lora, merges)] if lora else []
+
+
+def _chosen(section: str, cfg: dict, merges: Sequence[str]) -> list[str]:
+    """The section's ``merges`` (default every merge); a one-line ValueError for unknown ones."""
+    chosen = cfg.get("merges", list(merges))
+    unknown = sorted(set(chosen) - set(merges))
+    if unknown:
+        raise ValueError(f"{section}.merges: {', '.join(unknown)} not among the merges")
+    return chosen
