@@ -11,6 +11,12 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 # mergekit 0.1.5 in a venv of its own, only to compare our merges with it in the tests
 MERGEKIT_VENV ?= .venv-mergekit
+# The paper's own code (a mergekit 0.1.2 fork with the OTA method) in a venv of its own, only
+# for benchmarks/ota_speed.py. It is not on PyPI: its HEAD is extracted from a git mirror
+# into $(FORK_VENV)/src and installed from there (elsewhere: FORK_GIT=<a clone of
+# https://github.com/pmahdavi/ota-merge>/.git, or any git dir of it).
+FORK_VENV ?= .venv-fork
+FORK_GIT ?= /work/.mirror/pmahdavi+ota-merge/repo
 
 .PHONY: demo pretrained smollm2 test lint clean
 
@@ -51,6 +57,17 @@ smollm2: $(VENV)/.installed
 $(MERGEKIT_VENV)/.installed:
 	$(PYTHON) -m venv $(MERGEKIT_VENV)
 	$(MERGEKIT_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC) mergekit==0.1.5
+	touch $@
+
+$(FORK_VENV)/.installed:
+	$(PYTHON) -m venv $(FORK_VENV)
+	$(FORK_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	rm -rf $(FORK_VENV)/src && mkdir -p $(FORK_VENV)/src
+	git --git-dir=$(FORK_GIT) archive HEAD | tar -x -C $(FORK_VENV)/src
+	git --git-dir=$(FORK_GIT) rev-parse HEAD > $(FORK_VENV)/src/COMMIT
+	# transformers of the fork's time (4.x): with transformers 5 its pinned pydantic 2.10 cannot
+	# build its architecture model ("ConfiguredModuleArchitecture is not fully defined")
+	$(FORK_VENV)/bin/python -m pip install --quiet $(FORK_VENV)/src 'transformers<5'
 	touch $@
 
 # Tests in two steps: all but the full-demo training on every core (pytest-xdist; torch at
