@@ -1,9 +1,9 @@
 # the demo's own models: only with a demo section in the config; one build per seed
-if FAMILY == "tiny":
+if PLAN.family == "tiny":
 
     rule demo_base:
         output:
-            directory(layout.demo_base(DEMO, "{seed}")),
+            directory(layout.demo_base(PLAN.outdir, "{seed}")),
         log:
             layout.log("demo_base", "{seed}", "base"),
         benchmark:
@@ -27,9 +27,9 @@ if FAMILY == "tiny":
 
     rule demo_expert:
         input:
-            layout.demo_base(DEMO, "{seed}"),
+            layout.demo_base(PLAN.outdir, "{seed}"),
         output:
-            directory(layout.demo_expert(DEMO, "{seed}", "{expert}")),
+            directory(layout.demo_expert(PLAN.outdir, "{seed}", "{expert}")),
         log:
             layout.log("demo_expert", "{seed}", "{expert}"),
         benchmark:
@@ -39,7 +39,7 @@ if FAMILY == "tiny":
             n_eval=config["demo"]["n_eval"],
             torch_threads=config["demo"]["threads"],
             task=lambda wc: config["demo"]["experts"][wc.expert]["task"],
-            settings=expert_settings,
+            settings=get_expert_settings,
             base_data=base_data(config["demo"]),
         threads: config["demo"]["threads"]
         resources:
@@ -52,19 +52,19 @@ if FAMILY == "tiny":
 
 
 # the calibration and held-out texts of a built family's tasks (SparseGPT's Hessians, perplexity)
-if DEMO:
+if PLAN.outdir:
 
     rule demo_texts:
         output:
-            calibration=layout.demo_text(DEMO, "{seed}", "calibration"),
-            heldout=layout.demo_text(DEMO, "{seed}", "heldout"),
+            calibration=layout.demo_text(PLAN.outdir, "{seed}", "calibration"),
+            heldout=layout.demo_text(PLAN.outdir, "{seed}", "heldout"),
         log:
             layout.log("demo_texts", "{seed}", "texts"),
         params:
             seed=lambda wc: int(wc.seed),
-            n_eval=N_EVAL,
+            n_eval=PLAN.n_eval,
             n_examples=2000,
-            family=FAMILY,
+            family=PLAN.family,
         threads: 1
         resources:
             mem_mb=scaled(500, 0),

@@ -1,12 +1,12 @@
 rule download:
     input:
-        download_input,
+        get_download_input,
     output:
         directory(layout.model_dir("{seed}", "{name}")),
     log:
         layout.log("download", "{seed}", "{name}"),
     params:
-        source=lambda wc: source(wc.name, wc.seed),
+        source=lambda wc: PLAN.source(wc.name, wc.seed),
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),

@@ -1,6 +1,6 @@
 rule evaluate_builtin:
     input:
-        model_input,
+        get_model,
     output:
         layout.scores("{seed}", "builtin", "{model}"),
     log:
@@ -8,16 +8,16 @@ rule evaluate_builtin:
     benchmark:
         layout.benchmark("evaluate_builtin", "{seed}", "{model}")
     params:
-        tasks=lambda wc: model_tasks("builtin", wc.model),
-        n=N_EVAL,
-        family=FAMILY or "tiny",
+        tasks=lambda wc: PLAN.model_tasks("builtin", wc.model),
+        n=PLAN.n_eval,
+        family=PLAN.family or "tiny",
         # the seed's held-out prompts: the ones its demo build kept out of training
         seed=lambda wc: int(wc.seed),
     threads: 1
     resources:
         mem_mb=scaled(2000, 4000),
         runtime=scaled(10, 5),
-        gpu=GPUS,
+        gpu=PLAN.gpus,
     conda:
         "../envs/otamerge.yaml"
     script:
@@ -28,22 +28,22 @@ rule evaluate_builtin:
 # choice reads (results/summary/merge_choice.md, thresholds.mode: merge)
 rule evaluate_validation:
     input:
-        model_input,
+        get_model,
     output:
         layout.scores("{seed}", "validation", "{model}"),
     log:
         layout.log("evaluate_validation", "{seed}", "{model}"),
     params:
         tasks=config["evaluation"]["tasks"],
-        n=N_EVAL,
-        family=FAMILY or "tiny",
+        n=PLAN.n_eval,
+        family=PLAN.family or "tiny",
         seed=lambda wc: int(wc.seed),
         split="validation",
     threads: 1
     resources:
         mem_mb=scaled(2000, 4000),
         runtime=scaled(10, 5),
-        gpu=GPUS,
+        gpu=PLAN.gpus,
     conda:
         "../envs/otamerge.yaml"
     script:
@@ -52,7 +52,7 @@ rule evaluate_validation:
 
 rule evaluate_olmes:
     input:
-        model_input,
+        get_model,
     output:
         scores=layout.scores("{seed}", "olmes", "{model}"),
         raw=directory(layout.raw_scores("{seed}", "olmes", "{model}")),
@@ -61,13 +61,13 @@ rule evaluate_olmes:
     benchmark:
         layout.benchmark("evaluate_olmes", "{seed}", "{model}")
     params:
-        tasks=lambda wc: model_tasks("olmes", wc.model),
-        settings=backend_settings("olmes"),
+        tasks=lambda wc: PLAN.model_tasks("olmes", wc.model),
+        settings=PLAN.backend_settings("olmes"),
     threads: 4
     resources:
         mem_mb=scaled(8000, 4000),
         runtime=scaled(60, 60),
-        gpu=GPUS,
+        gpu=PLAN.gpus,
     conda:
         "../envs/otamerge.yaml"
     script:
@@ -76,7 +76,7 @@ rule evaluate_olmes:
 
 rule evaluate_lm_eval:
     input:
-        model_input,
+        get_model,
     output:
         scores=layout.scores("{seed}", "lm_eval", "{model}"),
         raw=directory(layout.raw_scores("{seed}", "lm_eval", "{model}")),
@@ -85,18 +85,18 @@ rule evaluate_lm_eval:
     benchmark:
         layout.benchmark("evaluate_lm_eval", "{seed}", "{model}")
     params:
-        tasks=lambda wc: model_tasks("lm_eval", wc.model),
-        settings=backend_settings("lm_eval"),
-        n=N_EVAL,
+        tasks=lambda wc: PLAN.model_tasks("lm_eval", wc.model),
+        settings=PLAN.backend_settings("lm_eval"),
+        n=PLAN.n_eval,
         seed=lambda wc: int(wc.seed),
-        family=FAMILY or "tiny",
+        family=PLAN.family or "tiny",
     # one thread: on the demo's models a second one made lm_eval slower and cost 40% more
     # CPU; an evaluation of large models on CPUs sets more (--set-threads evaluate_lm_eval=N)
     threads: 1
     resources:
         mem_mb=scaled(4000, 4000),
         runtime=scaled(20, 60),
-        gpu=GPUS,
+        gpu=PLAN.gpus,
     conda:
         "../envs/otamerge.yaml"
     script:
@@ -105,8 +105,8 @@ rule evaluate_lm_eval:
 
 rule evaluate_perplexity:
     input:
-        model=model_input,
-        texts=lambda wc: [layout.per_seed(f, wc.seed) for f in PERPLEXITY_TEXTS.values()],
+        model=get_model,
+        texts=lambda wc: [layout.per_seed(f, wc.seed) for f in PLAN.perplexity_texts.values()],
     output:
         layout.scores("{seed}", "perplexity", "{model}"),
     log:
@@ -114,14 +114,14 @@ rule evaluate_perplexity:
     benchmark:
         layout.benchmark("evaluate_perplexity", "{seed}", "{model}")
     params:
-        names=list(PERPLEXITY_TEXTS),  # the task name of each input text, in order
+        names=list(PLAN.perplexity_texts),  # the task name of each input text, in order
         max_length=config["evaluation"].get("perplexity", {}).get("max_length"),
         stride=config["evaluation"].get("perplexity", {}).get("stride"),
     threads: 1
     resources:
         mem_mb=scaled(2000, 4000),
         runtime=scaled(10, 10),
-        gpu=GPUS,
+        gpu=PLAN.gpus,
     conda:
         "../envs/otamerge.yaml"
     script:

@@ -8,8 +8,8 @@ rule bias_correct_moments:
     benchmark:
         layout.benchmark("bias_correct_moments", "{seed}", "{expert}")
     params:
-        moments=lambda wc: downloaded_moments(wc.seed, wc.expert),
-        optimizer=lambda wc: optimizer_override(wc.expert),
+        moments=lambda wc: PLAN.downloaded_moments(wc.seed, wc.expert),
+        optimizer=lambda wc: PLAN.optimizer_override(wc.expert),
     threads: 1
     resources:
         mem_mb=scaled(2000, 500),
@@ -22,7 +22,7 @@ rule bias_correct_moments:
 
 rule compress_moments:
     input:
-        lambda wc: moments_input(wc.seed, wc.expert),
+        lambda wc: PLAN.moments_input(wc.seed, wc.expert),
     output:
         moments=layout.rank1_moments("{seed}", "{expert}"),
         report=layout.rank1_report("{seed}", "{expert}"),
@@ -32,7 +32,7 @@ rule compress_moments:
         layout.benchmark("compress_moments", "{seed}", "{expert}")
     params:
         # downloaded, bias-corrected or the expert's empirical Fisher
-        moments=lambda wc: moments_file(wc.seed, wc.expert),
+        moments=lambda wc: PLAN.moments_file(wc.seed, wc.expert),
     threads: 1
     resources:
         mem_mb=scaled(2000, 500),
@@ -47,11 +47,7 @@ rule ffg:
     input:
         base=layout.model_dir("{seed}", "base"),
         expert=layout.model_dir("{seed}", "{expert}"),
-        moments=lambda wc: (
-            moments_input(wc.seed, wc.expert, ffg_moments_kind(wc.metric))
-            if ffg_moments_kind(wc.metric)
-            else []
-        ),
+        moments=get_ffg_moments,
     output:
         directory(layout.graft_dir("{seed}", "{expert}", "{metric}", "{density}")),
     log:
@@ -61,16 +57,12 @@ rule ffg:
     params:
         density=lambda wc: float(wc.density),
         # the file itself: downloaded moments are inside the expert's folder (the input)
-        moments=lambda wc: (
-            moments_file(wc.seed, wc.expert, ffg_moments_kind(wc.metric))
-            if ffg_moments_kind(wc.metric)
-            else None
-        ),
+        moments=get_ffg_moments_file,
     threads: 1
     resources:
         mem_mb=scaled(2000, 1000),
         runtime=scaled(10, 5),
-        gpu=GPUS,
+        gpu=PLAN.gpus,
     conda:
         "../envs/otamerge.yaml"
     script:

@@ -20,7 +20,7 @@ if "sparsegpt" in config:
         resources:
             mem_mb=scaled(2000, 6000),
             runtime=scaled(10, 30),
-            gpu=GPUS,
+            gpu=PLAN.gpus,
         conda:
             "../envs/otamerge.yaml"
         script:

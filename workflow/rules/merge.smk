@@ -1,13 +1,13 @@
 rule merge_config:
     input:
-        unpack(merge_config_inputs),
+        unpack(get_merge_config_inputs),
     output:
         config=layout.merge_config("{seed}", "{merge}"),
         choices=layout.merge_thresholds("{seed}", "{merge}"),
     log:
         layout.log("merge_config", "{seed}", "{merge}"),
     params:
-        merge_config_params,
+        get_merge_config_params,
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),
@@ -29,12 +29,12 @@ rule merge:
         layout.benchmark("merge", "{seed}", "{merge}")
     params:
         # random masks (DARE) follow the run's seed unless the merge fixes its own
-        seed=lambda wc: MERGES[wc.merge].get("seed", int(wc.seed)),
+        seed=lambda wc: PLAN.merges[wc.merge].get("seed", int(wc.seed)),
     threads: 1
     resources:
         mem_mb=scaled(4000, 2500),
         runtime=scaled(10, 10),
-        gpu=GPUS,
+        gpu=PLAN.gpus,
     conda:
         "../envs/otamerge.yaml"
     script:

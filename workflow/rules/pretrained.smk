@@ -1,18 +1,18 @@
 # A real pretrained family (config/smollm2.yaml): the base converted once from the GGUF
 # file a registry package ships, experts fine-tuned from it per seed
-if FAMILY == "pretrained":
+if PLAN.family == "pretrained":
 
     rule pretrained_base:
         output:
-            directory(layout.converted_base(DEMO)),
+            directory(layout.converted_base(PLAN.outdir)),
         log:
             layout.log("pretrained_base", None, "base"),
         benchmark:
             layout.benchmark("pretrained_base", None, "base")
         params:
-            base=BUILD["base"],
-            dtype=BUILD.get("dtype", "bfloat16"),
-        threads: BUILD["threads"]
+            base=PLAN.build["base"],
+            dtype=PLAN.build["dtype"],
+        threads: PLAN.build["threads"]
         resources:
             mem_mb=scaled(1500, 12000),
             runtime=scaled(10, 0),
@@ -24,25 +24,25 @@ if FAMILY == "pretrained":
 
     rule pretrained_expert:
         input:
-            layout.converted_base(DEMO),
+            layout.converted_base(PLAN.outdir),
         output:
-            directory(layout.demo_expert(DEMO, "{seed}", "{expert}")),
+            directory(layout.demo_expert(PLAN.outdir, "{seed}", "{expert}")),
         log:
             layout.log("pretrained_expert", "{seed}", "{expert}"),
         benchmark:
             layout.benchmark("pretrained_expert", "{seed}", "{expert}")
         params:
             seed=lambda wc: int(wc.seed),
-            n_eval=N_EVAL,
-            torch_threads=BUILD["threads"],
-            task=lambda wc: TASK[wc.expert],
-            settings=expert_settings,
-        threads: BUILD["threads"]
+            n_eval=PLAN.n_eval,
+            torch_threads=PLAN.build["threads"],
+            task=lambda wc: PLAN.task[wc.expert],
+            settings=get_expert_settings,
+        threads: PLAN.build["threads"]
         resources:
             # fp32 weights, gradients and both Adam moments, and activations
             mem_mb=scaled(2000, 30000),
             runtime=scaled(30, 200),
-            gpu=GPUS,
+            gpu=PLAN.gpus,
         conda:
             "../envs/otamerge.yaml"
         script:

@@ -5,7 +5,7 @@ rule model_card:
     input:
         model=layout.merged_model("{seed}", "{merge}"),
         thresholds=layout.merge_thresholds("{seed}", "{merge}"),
-        scores=lambda wc: [layout.scores(wc.seed, b, layout.merge_name(wc.merge)) for b in BACKENDS],
+        scores=lambda wc: [layout.scores(wc.seed, b, layout.merge_name(wc.merge)) for b in PLAN.backends],
     output:
         layout.model_card("{seed}", "{merge}"),
     log:
@@ -31,8 +31,8 @@ rule publish:
     log:
         layout.log("publish", "{seed}", "{merge}"),
     params:
-        repo=lambda wc: PUBLISHED[int(wc.seed), wc.merge],
-        private=(config.get("publish") or {}).get("private", True),
+        repo=lambda wc: PLAN.published[int(wc.seed), wc.merge],
+        private=config["publish"]["private"] if PLAN.published else None,
     threads: 1
     resources:
         mem_mb=1000,
@@ -54,13 +54,13 @@ rule extract_lora:
     benchmark:
         layout.benchmark("extract_lora", "{seed}", "{merge}")
     params:
-        rank=config["lora"]["rank"] if LORA else None,
-        sv_epsilon=config["lora"]["sv_epsilon"] if LORA else None,
+        rank=config["lora"]["rank"] if PLAN.lora else None,
+        sv_epsilon=config["lora"]["sv_epsilon"] if PLAN.lora else None,
     threads: 1
     resources:
         mem_mb=scaled(4000, 2500),
         runtime=scaled(10, 10),
-        gpu=GPUS,
+        gpu=PLAN.gpus,
     conda:
         "../envs/otamerge.yaml"
     script:

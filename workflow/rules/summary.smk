@@ -2,9 +2,9 @@
 # numbers put retention, the headline, first.
 rule summary:
     input:
-        scores=evaluated(MODELS + [layout.merge_name(m) for m in MERGES]),
-        grafts=graft_scores(),
-        thresholds=[layout.merge_thresholds(s, m) for s in SEEDS for m in FFG_MERGES],
+        scores=PLAN.evaluated(PLAN.models + [layout.merge_name(m) for m in PLAN.merges]),
+        grafts=PLAN.graft_scores(),
+        thresholds=[layout.merge_thresholds(s, m) for s in PLAN.seeds for m in PLAN.ffg_merges],
     output:
         scores=layout.summary("scores.csv"),
         table=report(layout.summary("accuracy.md"), caption="../report/accuracy.rst", category="2. Accuracy"),
@@ -12,8 +12,8 @@ rule summary:
     log:
         layout.log("summary", None, "summary"),
     params:
-        tasks=all_tasks(),
-        ffg_metrics=[MERGES[m]["ffg"] for s in SEEDS for m in FFG_MERGES],  # one per thresholds file
+        tasks=PLAN.all_tasks(),
+        ffg_metrics=[PLAN.merges[m]["ffg"] for s in PLAN.seeds for m in PLAN.ffg_merges],  # one per thresholds file
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),
@@ -26,7 +26,7 @@ rule summary:
 
 rule retention:
     input:
-        evaluated(MODELS + [layout.merge_name(m) for m in MERGES]),
+        PLAN.evaluated(PLAN.models + [layout.merge_name(m) for m in PLAN.merges]),
     output:
         table=report(layout.summary("retention.md"), caption="../report/retention.rst", category="1. Retention"),
         csv=report(layout.summary("retention.csv"), caption="../report/retention_csv.rst", category="1. Retention"),
@@ -35,8 +35,8 @@ rule retention:
     log:
         layout.log("retention", None, "retention"),
     params:
-        merges=merge_infos(),
-        tasks=TASK,
+        merges=PLAN.merge_infos(),
+        tasks=PLAN.task,
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),
@@ -49,8 +49,8 @@ rule retention:
 
 rule sweep_summary:
     input:
-        scores=evaluated(sweep_models(), ["builtin"]),
-        thresholds=[layout.merge_thresholds(s, m) for s in SEEDS for m in FFG_MERGES],
+        scores=PLAN.evaluated(PLAN.sweep_models(), ["builtin"]),
+        thresholds=[layout.merge_thresholds(s, m) for s in PLAN.seeds for m in PLAN.ffg_merges],
     output:
         sweep=report(layout.summary("sweep.md"), caption="../report/sweep.rst", category="3. FFG sweep"),
         sweep_csv=layout.summary("sweep.csv"),
@@ -60,8 +60,8 @@ rule sweep_summary:
     log:
         layout.log("sweep_summary", None, "sweep_summary"),
     params:
-        tasks=TASK,
-        merges=[m for s in SEEDS for m in FFG_MERGES],  # one per thresholds file
+        tasks=PLAN.task,
+        merges=[m for s in PLAN.seeds for m in PLAN.ffg_merges],  # one per thresholds file
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),
@@ -80,9 +80,9 @@ rule plots:
         sweep=layout.summary("sweep.csv"),
         thresholds=layout.summary("thresholds.csv"),
         # where FFG keeps edits and the curvature overlap: the first seed's models
-        grafts=[layout.model_folder(SEEDS[0], g) for g in graft_candidates()],
-        base=layout.model_dir(SEEDS[0], "base"),
-        experts=[layout.model_dir(SEEDS[0], e) for e in EXPERTS],
+        grafts=[layout.model_folder(PLAN.seeds[0], g) for g in PLAN.graft_candidates()],
+        base=layout.model_dir(PLAN.seeds[0], "base"),
+        experts=[layout.model_dir(PLAN.seeds[0], e) for e in PLAN.experts],
     output:
         sweep=report(layout.plot("ffg_sweep"), caption="../report/ffg_sweep.rst", category="4. Plots"),
         methods=report(layout.plot("methods"), caption="../report/methods.rst", category="4. Plots"),
@@ -96,11 +96,11 @@ rule plots:
         layout.log("plots", None, "plots"),
     params:
         score=config["thresholds"].get("score", "token_accuracy"),
-        seed=SEEDS[0],
-        grafts=graft_candidates(),  # model name of each input graft, in order
-        graft_merge=lambda wc: FFG_MERGES[0],
-        graft_metric=lambda wc: MERGES[FFG_MERGES[0]]["ffg"],
-        experts=EXPERTS,  # name of each input expert, in order
+        seed=PLAN.seeds[0],
+        grafts=PLAN.graft_candidates(),  # model name of each input graft, in order
+        graft_merge=lambda wc: PLAN.ffg_merges[0],
+        graft_metric=lambda wc: PLAN.merges[PLAN.ffg_merges[0]]["ffg"],
+        experts=PLAN.experts,  # name of each input expert, in order
     threads: 1
     resources:
         mem_mb=scaled(2000, 1000),
@@ -116,16 +116,16 @@ rule claims:
         by_seed=layout.summary("retention_by_seed.csv"),
         sweep=layout.summary("sweep.csv"),
         thresholds=layout.summary("thresholds.csv"),
-        models=claims_models(),
+        models=PLAN.claims_models(),
     output:
         table=report(layout.summary("claims.md"), caption="../report/claims.rst", category="0. Claims"),
         csv=layout.summary("claims.csv"),
     log:
         layout.log("claims", None, "claims"),
     params:
-        seeds=claims_files(),
-        merges=CLAIM_MERGES,
-        ffg_metric=MERGES[CLAIM_MERGES["ota_ffg"]]["ffg"] if CLAIM_MERGES["ota_ffg"] in FFG_MERGES else None,
+        seeds=PLAN.claims_files(),
+        merges=PLAN.claim_merges,
+        ffg_metric=PLAN.merges[PLAN.claim_merges["ota_ffg"]]["ffg"] if PLAN.claim_merges["ota_ffg"] in PLAN.ffg_merges else None,
     threads: 1
     resources:
         mem_mb=scaled(2000, 4000),
@@ -138,7 +138,7 @@ rule claims:
 
 rule merge_choice:
     input:
-        validation=[f for s in SEEDS for m in SWEEP_POINTS for f in validation_scores(s, m)],
+        validation=[f for s in PLAN.seeds for m in PLAN.sweep_points for f in PLAN.validation_scores(s, m)],
         by_seed=layout.summary("retention_by_seed.csv"),
     output:
         table=report(layout.summary("merge_choice.md"), caption="../report/merge_choice.rst", category="1. Retention"),
@@ -146,10 +146,10 @@ rule merge_choice:
     log:
         layout.log("merge_choice", None, "merge_choice"),
     params:
-        points=SWEEP_POINTS,
-        experts={m: merge_experts(m) for m in SWEEP_POINTS},
-        tasks=TASK,
-        metric=THRESHOLD_SCORE,
+        points=PLAN.sweep_points,
+        experts={m: PLAN.merge_experts(m) for m in PLAN.sweep_points},
+        tasks=PLAN.task,
+        metric=PLAN.threshold_score,
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),

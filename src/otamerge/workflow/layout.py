@@ -177,10 +177,20 @@ def lora_adapter(seed: Seed, merge: str) -> str:
     return f"{merge_dir(seed, merge)}/lora"
 
 
+def is_graft(model: str) -> bool:
+    """Whether a model name of the score tables is a sweep point (``graft_name``)."""
+    return model.startswith("ffg/")
+
+
+def graft_expert(model: str) -> str:
+    """The expert of a sweep point's model name."""
+    return model.split("/")[1]
+
+
 def model_folder(seed: Seed, model: str) -> str:
     """The folder of a model by its name in the score tables: ``base``, an expert,
     ``ffg/<expert>/<metric>/<density>`` or ``merge/<merge>``."""
-    if model.startswith("ffg/"):
+    if is_graft(model):
         return f"{root(seed)}/{model}"
     if model.startswith("merge/"):
         return merged_model(seed, model.split("/", 1)[1])
