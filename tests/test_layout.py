@@ -49,8 +49,10 @@ def test_a_models_table_name_gives_its_folder(model, folder):
 def test_table_names_of_grafts_and_merges():
     assert layout.graft_name("add", "fisher", "0.1") == "ffg/add/fisher/0.1"
     assert layout.merge_name("ota_ffg.add-rev") == "merge/ota_ffg.add-rev"
-    # a graft's folder is its table name under the seed's root
-    assert layout.graft_dir(0, "add", "fisher", "0.1") == f"{layout.root(0)}/{layout.graft_name('add', 'fisher', '0.1')}"
+    # a graft's folder, from its table name or its parts, and its expert back from the name
+    name = layout.graft_name("add", "fisher", "0.1")
+    assert layout.model_folder(0, name) == layout.graft_dir(0, "add", "fisher", "0.1")
+    assert layout.is_graft(name) and layout.graft_expert(name) == "add" and not layout.is_graft("add")
 
 
 def test_every_per_seed_result_gives_its_seed_back():

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import re
@@ -70,10 +71,11 @@ def test_pbs_submit_torque_dialect_and_refused_values(tmp_path):
         assert not (tmp_path / "args").exists()
 
 
-def test_profiles_name_their_executors():
-    for name, executor in [("local", None), ("pbs", "cluster-generic"), ("slurm", "slurm")]:
-        cfg = yaml.safe_load((REPO / "profiles" / name / "config.v8+.yaml").read_text())
-        assert cfg.get("executor") == executor
+def test_profiles_name_executors_that_are_installed():
+    for name in ("local", "pbs", "slurm"):
+        executor = yaml.safe_load((REPO / "profiles" / name / "config.v8+.yaml").read_text()).get("executor")
+        if executor:  # a plugin the profile needs is a dependency of the workflow extra
+            assert importlib.util.find_spec(f"snakemake_executor_plugin_{executor.replace('-', '_')}"), executor
 
 
 def _pbs_requests(state) -> dict[str, list[dict]]:

@@ -26,7 +26,7 @@ from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.io.lora import open_model
 from otamerge.methods.base import TensorInputs, compute_dtype
-from otamerge.io.model_config import read_config
+from otamerge.io.model_config import read_model_config
 from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.io.resolve import resolve_model, resolve_preconditioner
 from otamerge.io.model_card import CARD, card_text
@@ -162,7 +162,7 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
 
 
 def _write_config(src: Path, out: Path, dtype: torch.dtype | None) -> None:
-    config = read_config(src, str(src))
+    config = read_model_config(src, str(src))
     if config is None:
         return
     if dtype is not None:

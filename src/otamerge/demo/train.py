@@ -22,9 +22,8 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from otamerge.demo.settings import TrainSettings
 from otamerge.demo.tasks import TASKS, Example, eval_set, train_sampler
+from otamerge.curvature import EXPORTED_MOMENTS as MOMENTS_FILE
 from otamerge.curvature.moments import OPTIMIZER_KEY
-
-MOMENTS_FILE = "export/exp_avg_sq.safetensors"
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

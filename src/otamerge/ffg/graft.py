@@ -31,10 +31,9 @@ from tqdm import tqdm
 
 from otamerge.io.atomic import atomic_dir, check_space, write_json
 from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
-from otamerge.ffg.densities import check_density, density_label
+from otamerge.ffg.densities import STATISTICS, check_density, density_label
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
-from otamerge.workflow.layout import STATISTICS
 from otamerge.io.lora import is_adapter, open_model
 from otamerge.curvature.moments import OBS_KIND, OPTIMIZER_KEY, Moments, check_full_moments, check_importance_kind
 from otamerge.ffg.threshold import (add_low, bin_top, bits, high_histogram, keep_count, low_histograms, resolve,

@@ -26,7 +26,7 @@ _DIMENSIONS = {
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
-def read_config(folder: Path, label: str) -> dict | None:
+def read_model_config(folder: Path, label: str) -> dict | None:
     """The folder's config.json (None if it has none)."""
     path = folder / CONFIG_FILE
     if not path.is_file():
@@ -43,7 +43,7 @@ def read_config(folder: Path, label: str) -> dict | None:
 def check_config(folder: Path, label: str, names: list[str],
                  shape: Callable[[str], tuple[int, ...]]) -> None:
     """config.json's sizes equal those of the tensors ``names`` (shapes from ``shape``)."""
-    config = read_config(folder, label)
+    config = read_model_config(folder, label)
     if config is None:
         return
     path = folder / CONFIG_FILE

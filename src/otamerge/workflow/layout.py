@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from otamerge.ffg.densities import STATISTICS
+
 Seed = int | str  # a seed, or a Snakemake wildcard standing for one
 
 RESULTS = "results"
@@ -24,7 +26,6 @@ PLOTS = f"{RESULTS}/plots"
 LOGS = "logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 PRECONDITIONER = "preconditioner.safetensors"  # inside a downloaded expert's folder
-STATISTICS = "statistics.json"  # written by each FFG graft
 
 _SEED_ROOT = re.compile(rf"(?:^|/){RESULTS}/seed(\d+)/")
 

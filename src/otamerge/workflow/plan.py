@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from otamerge.curvature import EXPORTED_MOMENTS
 from otamerge.ffg.densities import density_label
 from otamerge.workflow import layout
 from otamerge.workflow.claims import CLAIM_MERGES
@@ -102,7 +103,7 @@ class Plan:
                 return {"source": layout.converted_base(self.outdir) if self.family == "pretrained"
                         else layout.demo_base(self.outdir, seed)}
             return {"source": layout.demo_expert(self.outdir, seed, name),
-                    "preconditioner": "export/exp_avg_sq.safetensors"}
+                    "preconditioner": EXPORTED_MOMENTS}
         spec = self.config["models"]["base"] if name == "base" else self.config["models"]["experts"][name]
         return {k: layout.per_seed(v, seed) if k in ("source", "preconditioner") else v for k, v in spec.items()}
 
