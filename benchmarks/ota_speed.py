@@ -21,7 +21,10 @@ interleaved (A B C A B C ...):
 - ``fork``: the paper's code (pmahdavi/ota-merge, a mergekit 0.1.2 fork;
   ``make .venv-fork/.installed``) as ``mergekit-yaml``, CPU, --num-threads, the same
   output shard size;
-- ``cat``: ``cat`` of exactly the input files (weights and moments), the floor.
+- ``cat``: ``cat`` of exactly the input files (weights and moments), the floor;
+- ``ffg:LABEL``, one per ``--ours``: ``otamerge ffg`` of expert0 at the --ffg densities (a
+  sweep writing one graft per density), with the bytes it read (``rchar`` of
+  /proc/self/io) over its input bytes: the passes it makes over its inputs.
 
 Writes ota_speed.csv (every run) and ota_speed.md (best and median wall, ns per parameter
 of one model for the 3 experts, peak RSS, ratios to the fork and to cat) into --out, and
@@ -60,6 +63,9 @@ OTA_PARAMETERS = {"epsilon": 1e-26, "normalise": "none", "power": 0.5, "fallback
                   "rescale": False}
 # `python -c` so that the code under test comes from PYTHONPATH alone (no script path on sys.path)
 OURS_MAIN = "import sys; from otamerge.cli import main; sys.exit(main())"
+# the same, reporting the bytes the process read on stderr
+OURS_IO = ("import sys; from otamerge.cli import main; rc = main(); "
+           "sys.stderr.write(open('/proc/self/io').read()); sys.exit(rc)")
 
 
 # ---------------------------------------------------------------- inputs
@@ -126,7 +132,8 @@ def merge_config(fam: dict[str, Path], thr: dict[str, float]) -> dict:
 Case = tuple[list[str], dict, Path | None]  # command, extra environment, output folder (none: cat)
 
 
-def cases(args: argparse.Namespace, cfg: Path, inputs: list[Path], work: Path) -> dict[str, Case]:
+def cases(args: argparse.Namespace, fam: dict[str, Path], cfg: Path, inputs: list[Path],
+          work: Path) -> dict[str, Case]:
     """Every case by name, in the order of each repeat."""
     plan = {}
     for label, src in args.ours:
@@ -142,6 +149,12 @@ def cases(args: argparse.Namespace, cfg: Path, inputs: list[Path], work: Path) -
                          "--no-lazy-unpickle", "--no-copy-tokenizer",
                          "--out-shard-size", str(int(args.shard_gb * 2**30 / 2)), str(cfg), str(out)], {}, out)
     plan["cat"] = (["cat", *map(str, inputs)], {}, None)
+    for label, src in args.ours if args.ffg else []:
+        out = work / f"ffg_{label}"
+        plan[f"ffg:{label}"] = ([args.python, "-c", OURS_IO, "ffg", str(out), "--quiet", "--device", "cpu",
+                                 "--base", str(fam["base"]), "--expert", str(fam[EXPERTS[0]]),
+                                 "--moments", str(moments(fam)[EXPERTS[0]]), "--density", *args.ffg],
+                                {"PYTHONPATH": str(src)}, out)
     return plan
 
 
@@ -154,7 +167,8 @@ def timed(cmd: list[str], env: dict, inputs: list[Path]) -> dict:
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:5])}... failed ({res.returncode}):\n{res.stderr[-3000:]}")
         wall, rss_kb = tm.read().split()[-2:]
-    return {"wall_s": float(wall), "peak_rss_mib": int(rss_kb) / 1024}
+    rchar = [int(line.split()[1]) for line in res.stderr.splitlines() if line.startswith("rchar:")]
+    return {"wall_s": float(wall), "peak_rss_mib": int(rss_kb) / 1024, "read_bytes": rchar[-1] if rchar else ""}
 
 
 def check_sources(args: argparse.Namespace, env: dict) -> None:
@@ -231,6 +245,8 @@ def difference(ours: Path, fork: Path) -> str:
 def check_outputs(plan: dict, params: int, layers: int) -> list[str]:
     ours = {name.split(":", 1)[1]: out for name, (_, _, out) in plan.items() if name.startswith("ours:")}
     lines = [f"{layers} layers ({size(params)}): {identical_outputs(ours)}"]
+    grafts = {name.split(":", 1)[1]: out for name, (_, _, out) in plan.items() if name.startswith("ffg:")}
+    lines.append(f"{layers} layers ({size(params)}), FFG sweep: {identical_outputs(grafts)}")
     if "fork" in plan:
         for label, folder in ours.items():
             lines.append(f"{layers} layers ({size(params)}): ours:{label} vs fork: "
@@ -252,8 +268,11 @@ def run_size(args: argparse.Namespace, layers: int, work: Path, writer, rows: li
           + ", ".join(f"{e} {t:.6g}" for e, t in thr.items()), flush=True)
     cfg = work / "ota_ffg.yml"
     cfg.write_text(yaml.safe_dump(merge_config(fam, thr), sort_keys=False))
-    plan = cases(args, cfg, inputs, work)
+    plan = cases(args, fam, cfg, inputs, work)
     input_bytes = sum(f.stat().st_size for f in inputs)
+    # the sweep reads the base, expert0 and its moments
+    ffg_bytes = sum(f.stat().st_size for m in ("base", EXPERTS[0]) for f in fam[m].glob("*.safetensors")) \
+        + moments(fam)[EXPERTS[0]].stat().st_size
     for rep in range(args.repeats):
         for name, (cmd, extra, out) in plan.items():
             if out is not None:  # each run writes afresh
@@ -261,7 +280,7 @@ def run_size(args: argparse.Namespace, layers: int, work: Path, writer, rows: li
             r = timed(cmd, {**env, **extra}, inputs)
             row = {"layers": layers, "hidden": args.hidden, "intermediate": args.intermediate, "vocab": args.vocab,
                    "params": params, "case": name, "repeat": rep, "threads": args.threads,
-                   "input_bytes": input_bytes, **r}
+                   "input_bytes": ffg_bytes if name.startswith("ffg:") else input_bytes, **r}
             writer.writerow(row)
             rows.append(row)
             print(f"  {name:16s} rep {rep}: {r['wall_s']:7.2f} s {r['peak_rss_mib']:8.0f} MiB", flush=True)
@@ -290,10 +309,26 @@ def report(rows: list[dict], args: argparse.Namespace, checks: list[str]) -> str
         walls = {c: [r["wall_s"] for r in mine if r["case"] == c] for c in dict.fromkeys(r["case"] for r in mine)}
         med = {c: statistics.median(w) for c, w in walls.items()}
         for case, w in walls.items():
+            if case.startswith("ffg:"):
+                continue
             rss = statistics.median(r["peak_rss_mib"] for r in mine if r["case"] == case)
             out.append(f"| {layers} layers, {size(params)} | {case} | {min(w):.2f} | {med[case]:.2f} | "
                        f"{med[case] / params * 1e9:.1f} | {rss:.0f} | "
                        f"{ratio(med[case], med['fork']) if 'fork' in med else '-'} | {ratio(med[case], med['cat'])} |")
+    ffg = [r for r in rows if r["case"].startswith("ffg:")]
+    if ffg:
+        out += ["", f"FFG sweep of expert0 at densities {' '.join(args.ffg)} (fisher metric); passes: bytes read "
+                "over the base's, the expert's and its moments' bytes.", "",
+                "| size | case | wall best (s) | wall median (s) | peak RSS (MiB) | passes over the inputs |",
+                "|---|---|---|---|---|---|"]
+        for layers in dict.fromkeys(r["layers"] for r in ffg):
+            for case in dict.fromkeys(r["case"] for r in ffg):
+                mine = [r for r in ffg if r["layers"] == layers and r["case"] == case]
+                w = [r["wall_s"] for r in mine]
+                passes = statistics.median(r["read_bytes"] / r["input_bytes"] for r in mine)
+                out.append(f"| {layers} layers, {size(mine[0]['params'])} | {case} | {min(w):.2f} | "
+                           f"{statistics.median(w):.2f} | "
+                           f"{statistics.median(r['peak_rss_mib'] for r in mine):.0f} | {passes:.2f} |")
     out += ["", "Outputs (last repeat of each case):", "", *(f"- {line}" for line in checks)]
     return "\n".join(out) + "\n"
 
@@ -322,10 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fork", default=str(REPO / ".venv-fork/bin/mergekit-yaml"),
                     help="the paper's mergekit-yaml (make .venv-fork/.installed; empty: skip the fork)")
     ap.add_argument("--shard-gb", type=float, default=0.5, help="output shard size of every tool")
+    ap.add_argument("--ffg", nargs="+", default=["0.01", "0.02", "0.05", "0.1", "0.2"],
+                    help="densities of the FFG sweep cases")
+    ap.add_argument("--no-ffg", action="store_true", help="no FFG sweep cases")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/output"))
     args = ap.parse_args(argv)
     args.ours = args.ours or [parse_ours(f"wt={REPO / 'src'}")]
+    if args.no_ffg:
+        args.ffg = []
     if len({label for label, _ in args.ours}) != len(args.ours):
         sys.exit("--ours: every LABEL must be different")
     if args.fork and not Path(args.fork).is_file():
@@ -338,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     checks: list[str] = []
     fields = ["layers", "hidden", "intermediate", "vocab", "params", "case", "repeat", "threads", "input_bytes",
-              "wall_s", "peak_rss_mib"]
+              "wall_s", "peak_rss_mib", "read_bytes"]
     with tempfile.TemporaryDirectory(dir=args.work) as tmp, open(out / "ota_speed.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
