@@ -40,6 +40,7 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -61,11 +62,11 @@ DENSITY = 0.1
 # the paper's OTA+FFG config (configs/hf_ota_ffg_per_model_thresh.yml of pmahdavi/ota-merge)
 OTA_PARAMETERS = {"epsilon": 1e-26, "normalise": "none", "power": 0.5, "fallback_to_base": True,
                   "rescale": False}
-# `python -c` so that the code under test comes from PYTHONPATH alone (no script path on sys.path)
-OURS_MAIN = "import sys; from otamerge.cli import main; sys.exit(main())"
-# the same, reporting the bytes the process read on stderr
-OURS_IO = ("import sys; from otamerge.cli import main; rc = main(); "
-           "sys.stderr.write(open('/proc/self/io').read()); sys.exit(rc)")
+# `python -c` so that the code under test comes from PYTHONPATH alone (no script path on
+# sys.path); at exit it reports its peak RSS (VmHWM: a child's ru_maxrss would carry this
+# benchmark's own over exec) and the bytes it read (rchar) on stderr
+OURS_MAIN = ("import sys; from otamerge.cli import main; rc = main(); "
+             "sys.stderr.write(open('/proc/self/status').read() + open('/proc/self/io').read()); sys.exit(rc)")
 
 
 # ---------------------------------------------------------------- inputs
@@ -151,7 +152,7 @@ def cases(args: argparse.Namespace, fam: dict[str, Path], cfg: Path, inputs: lis
     plan["cat"] = (["cat", *map(str, inputs)], {}, None)
     for label, src in args.ours if args.ffg else []:
         out = work / f"ffg_{label}"
-        plan[f"ffg:{label}"] = ([args.python, "-c", OURS_IO, "ffg", str(out), "--quiet", "--device", "cpu",
+        plan[f"ffg:{label}"] = ([args.python, "-c", OURS_MAIN, "ffg", str(out), "--quiet", "--device", "cpu",
                                  "--base", str(fam["base"]), "--expert", str(fam[EXPERTS[0]]),
                                  "--moments", str(moments(fam)[EXPERTS[0]]), "--density", *args.ffg],
                                 {"PYTHONPATH": str(src)}, out)
@@ -159,16 +160,23 @@ def cases(args: argparse.Namespace, fam: dict[str, Path], cfg: Path, inputs: lis
 
 
 def timed(cmd: list[str], env: dict, inputs: list[Path]) -> dict:
-    """Wall seconds and peak RSS (MiB) of one process, its inputs read just before."""
+    """Wall seconds and peak RSS (MiB) of one process, its inputs read just before: the
+    RSS our processes report, else /usr/bin/time's (where a machine has it)."""
     subprocess.run(["cat", *map(str, inputs)], stdout=subprocess.DEVNULL, check=True)  # warm page cache
+    gnu_time = Path("/usr/bin/time").is_file()
     with tempfile.NamedTemporaryFile("r") as tm:
-        res = subprocess.run(["/usr/bin/time", "-o", tm.name, "-f", "%e %M", *cmd], env=env,
+        start = time.perf_counter()
+        res = subprocess.run(["/usr/bin/time", "-o", tm.name, "-f", "%e %M", *cmd] if gnu_time else cmd, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+        wall = time.perf_counter() - start
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:5])}... failed ({res.returncode}):\n{res.stderr[-3000:]}")
-        wall, rss_kb = tm.read().split()[-2:]
-    rchar = [int(line.split()[1]) for line in res.stderr.splitlines() if line.startswith("rchar:")]
-    return {"wall_s": float(wall), "peak_rss_mib": int(rss_kb) / 1024, "read_bytes": rchar[-1] if rchar else ""}
+        rss_kb = int(tm.read().split()[-1]) if gnu_time else None
+    reported = {line.split(":")[0]: int(line.split()[1]) for line in res.stderr.splitlines()
+                if line.startswith(("VmHWM:", "rchar:"))}
+    rss_kb = reported.get("VmHWM", rss_kb)
+    return {"wall_s": wall, "peak_rss_mib": rss_kb / 1024 if rss_kb is not None else math.nan,
+            "read_bytes": reported.get("rchar", "")}
 
 
 def check_sources(args: argparse.Namespace, env: dict) -> None:
