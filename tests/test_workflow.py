@@ -574,10 +574,10 @@ def _failed_merge_leaves_no_partial_output(wf, cfg):
     assert res.returncode != 0
     log = (wf / "logs/merge/seed0/ota_ffg.log").read_text()
     assert f"moments tensor {order[-1]} in " in log and "has NaN or Inf values" in log
-    # no model folder and no partial one: the config, the choices, and the card and push record of
-    # the model this forced rerun was to replace (outputs of other rules)
-    assert sorted(p.name for p in merge_dir.iterdir()) == ["README.md", "merge_config.yml", "published.json",
-                                                           "thresholds.csv"]
+    # no model folder and no partial one: the config, the choices, and the card, push record and
+    # LoRA adapter of the model this forced rerun was to replace (outputs of other rules)
+    assert sorted(p.name for p in merge_dir.iterdir()) == ["README.md", "lora", "merge_config.yml",
+                                                           "published.json", "thresholds.csv"]
     assert not any((wf / ".snakemake/incomplete").iterdir())
     moments.write_bytes(good)
     os.utime(moments, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
