@@ -155,7 +155,7 @@ def ffg_graft(base_dir: str | Path, expert_dir: str | Path, moments_path: str | 
         wanted = wanted_bins(hi, [keep_count(d, total) for d in densities]) if total else []
         if wanted and sum(int(hi[b]) for _, b, _ in wanted) <= BOUNDARY_ENTRIES \
                 and all(b < _INF_BIN for _, b, _ in wanted):
-            return _graft(inp, folders, total, metric, opts, base_dir, expert_dir, wanted=wanted, hi=hi)
+            return _graft(inp, folders, total, metric, opts, base_dir, expert_dir, wanted=wanted)
         lo = low_histograms(wanted)
         for s in sal():
             add_low(lo, bits(s))
@@ -169,7 +169,7 @@ def ffg_graft(base_dir: str | Path, expert_dir: str | Path, moments_path: str | 
 
 def _graft(inp: _Inputs, folders: dict[float, Path], total: int, metric: str, opts: FfgOptions,
            base_dir: Path, expert_dir: Path, thresholds: list[float] | None = None,
-           wanted: list[tuple[int, int, int]] | None = None, hi: torch.Tensor | None = None) -> dict[float, Path]:
+           wanted: list[tuple[int, int, int]] | None = None) -> dict[float, Path]:
     """One pass writing every graft: at known ``thresholds``, or (two-pass) with only each
     density's ``wanted`` high bin known: that bin's low bits counted, entries above it
     kept, below it reverted, its own entries held (flat index, expert value, saliency)
@@ -177,11 +177,7 @@ def _graft(inp: _Inputs, folders: dict[float, Path], total: int, metric: str, op
     densities = list(folders)
     plans = [TensorPlan(n, inp.base.shape(n), inp.expert.dtype(n)) for n in inp.base.names()]
     stats = {d: {n: _TensorStats(_numel(inp.base.shape(n))) for n in inp.names} for d in densities}
-    held = {}
-    if thresholds is None:  # long-lived buffers allocated before the pass (see _Held)
-        held = {d: _Held(int(hi[b])) for d, (_, b, _) in zip(densities, wanted)}
-        for d in densities:
-            _bitmaps(stats[d], inp)
+    held: dict[float, dict[str, list[tuple[torch.Tensor, ...]]]] = {d: {} for d in densities}
     lo = low_histograms(wanted or [])
     with ExitStack() as stack:
         tmp = {d: stack.enter_context(atomic_dir(folders[d])) for d in densities}
@@ -208,10 +204,10 @@ def _graft(inp: _Inputs, folders: dict[float, Path], total: int, metric: str, op
             thresholds = [v for v, _, _ in resolve(wanted, lo)]
         for d, thr in zip(densities, thresholds):
             writers[d].close()
-            for name, a, z in held[d].segments if held else []:
-                idx, sal = held[d].index[a:z], held[d].saliency[a:z]
+            for name, parts in held[d].items():
+                idx, values, sal = (torch.cat(p) for p in zip(*parts))
                 keep = sal >= thr
-                writers[d].patch(name, idx[keep], held[d].value[a:z][keep].to(writers[d].dtype_of(name)))
+                writers[d].patch(name, idx[keep], values[keep])
                 _count_held(stats[d][name], idx[keep], sal, thr, inp.base.shape(name))
             for st in stats[d].values():
                 _finish(st)
@@ -234,46 +230,17 @@ def _write_around_bins(writers: dict, stats: dict, held: dict, lo: dict, wanted:
         _count_rows(stats[d][plan.name], sure, plan.shape, rows)
         idx = torch.nonzero((high == bin_).reshape(-1)).squeeze(1)
         if idx.numel():
-            held[d].add(plan.name, idx.cpu() + start, e.reshape(-1)[idx].cpu(), s.reshape(-1)[idx].cpu())
-
-
-class _Held:
-    """One density's entries inside its threshold's bin (flat index, expert value in fp32,
-    saliency) in buffers sized by the first pass's count of that bin and allocated before
-    the second: small tensors kept alive between the chunk buffers would fragment the heap
-    and grow the RSS with the model (measured: 2.6 GB at 0.133B)."""
-
-    def __init__(self, n: int):
-        self.index = torch.empty(n, dtype=torch.int64)
-        self.value = torch.empty(n, dtype=torch.float32)
-        self.saliency = torch.empty(n, dtype=torch.float32)
-        self.segments: list[tuple[str, int, int]] = []  # (tensor, start, end) in the buffers
-        self.used = 0
-
-    def add(self, name: str, index: torch.Tensor, value: torch.Tensor, saliency: torch.Tensor) -> None:
-        a, z = self.used, self.used + index.numel()
-        self.index[a:z], self.value[a:z], self.saliency[a:z] = index, value, saliency
-        if self.segments and self.segments[-1][0] == name:
-            a = self.segments.pop()[1]
-        self.segments.append((name, a, z))
-        self.used = z
-
-
-def _bitmaps(stats: dict[str, "_TensorStats"], inp: _Inputs) -> None:
-    """Rows and columns with a kept entry, for every 2-D tensor: views of one buffer
-    allocated before the pass (for the same reason as _Held)."""
-    shapes = {n: inp.base.shape(n) for n in stats if len(inp.base.shape(n)) == 2}
-    buf = torch.zeros(sum(r + c for r, c in shapes.values()), dtype=torch.bool)
-    at = 0
-    for n, (r, c) in shapes.items():
-        stats[n].rows, stats[n].cols = buf[at:at + r], buf[at + r:at + r + c]
-        at += r + c
+            held[d].setdefault(plan.name, []).append((idx.cpu() + start, e.reshape(-1)[idx].to(plan.dtype).cpu(),
+                                                       s.reshape(-1)[idx].cpu()))
 
 
 def _count_rows(st: _TensorStats, keep: torch.Tensor, shape: tuple[int, ...], rows: tuple[int, int] | None) -> None:
     """_count's kept entries and their rows and columns, for entries that are surely kept."""
     st.kept += int(keep.sum())
     if keep.dim() == 2:
+        if st.rows is None:
+            st.rows = torch.zeros(shape[0], dtype=torch.bool)
+            st.cols = torch.zeros(shape[1], dtype=torch.bool)
         st.rows[rows[0]:rows[1]] = keep.any(dim=1).cpu()
         st.cols |= keep.any(dim=0).cpu()
 

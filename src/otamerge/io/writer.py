@@ -119,9 +119,6 @@ class ShardedWriter:
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
-    def dtype_of(self, name: str) -> torch.dtype:
-        return next(t.dtype for _, t in self._order if t.name == name)
-
     def patch(self, name: str, index: torch.Tensor, values: torch.Tensor) -> None:
         """After close(): overwrite the entries ``index`` (flat) of tensor ``name`` with
         ``values`` (its dtype), in place in its shard."""
