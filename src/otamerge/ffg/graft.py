@@ -155,30 +155,23 @@ def ffg_graft(base_dir: str | Path, expert_dir: str | Path, moments_path: str | 
         wanted = wanted_bins(hi, [keep_count(d, total) for d in densities]) if total else []
         if wanted and sum(int(hi[b]) for _, b, _ in wanted) <= BOUNDARY_ENTRIES \
                 and all(b < _INF_BIN for _, b, _ in wanted):
-            return _graft(inp, folders, total, metric, opts, base_dir, expert_dir, wanted=wanted)
+            return _graft_two_pass(inp, folders, wanted, total, metric, opts, base_dir, expert_dir)
         lo = low_histograms(wanted)
         for s in sal():
             add_low(lo, bits(s))
         thresholds = [v for v, _, _ in resolve(wanted, lo)] if total else [math.inf] * len(densities)
-        return _graft(inp, folders, total, metric, opts, base_dir, expert_dir, thresholds=thresholds)
+        return _graft(inp, folders, thresholds, total, metric, opts, base_dir, expert_dir)
     finally:
         for c in (inp.base, inp.expert, inp.moments):
             if c is not None:
                 c.close()
 
 
-def _graft(inp: _Inputs, folders: dict[float, Path], total: int, metric: str, opts: FfgOptions,
-           base_dir: Path, expert_dir: Path, thresholds: list[float] | None = None,
-           wanted: list[tuple[int, int, int]] | None = None) -> dict[float, Path]:
-    """One pass writing every graft: at known ``thresholds``, or (two-pass) with only each
-    density's ``wanted`` high bin known: that bin's low bits counted, entries above it
-    kept, below it reverted, its own entries held (flat index, expert value, saliency)
-    and patched in once the thresholds are exact."""
+def _graft(inp: _Inputs, folders: dict[float, Path], thresholds: list[float], total: int, metric: str,
+           opts: FfgOptions, base_dir: Path, expert_dir: Path) -> dict[float, Path]:
     densities = list(folders)
     plans = [TensorPlan(n, inp.base.shape(n), inp.expert.dtype(n)) for n in inp.base.names()]
     stats = {d: {n: _TensorStats(_numel(inp.base.shape(n))) for n in inp.names} for d in densities}
-    held: dict[float, dict[str, list[tuple[torch.Tensor, ...]]]] = {d: {} for d in densities}
-    lo = low_histograms(wanted or [])
     with ExitStack() as stack:
         tmp = {d: stack.enter_context(atomic_dir(folders[d])) for d in densities}
         writers = {d: ShardedWriter(tmp[d], plans, opts.out_shard_bytes) for d in densities}
@@ -190,18 +183,55 @@ def _graft(inp: _Inputs, folders: dict[float, Path], total: int, metric: str, op
                 continue
             for rows in row_ranges(plan.shape, opts.chunk_bytes) or [None]:
                 name, _, e, b, s = next(chunks)
-                if thresholds is None:
-                    _write_around_bins(writers, stats, held, lo, wanted, plan, rows, e, b, s)
-                    continue
                 for d, thr in zip(densities, thresholds):
                     keep = s >= thr
                     writers[d].write(name, torch.where(keep, e, b).to(plan.dtype).cpu())
                     _count(stats[d][name], keep, s, thr)
-            if thresholds is not None:
+            for d in densities:
+                _finish(stats[d][plan.name])
+        for d, thr in zip(densities, thresholds):
+            writers[d].close()
+            _copy_model_files(base_dir if is_adapter(expert_dir) else expert_dir, tmp[d])
+            write_json(tmp[d] / STATISTICS, _statistics(inp, d, thr, total, metric, stats[d], base_dir, expert_dir))
+    return folders
+
+
+def _graft_two_pass(inp: _Inputs, folders: dict[float, Path], wanted: list[tuple[int, int, int]], total: int,
+                    metric: str, opts: FfgOptions, base_dir: Path, expert_dir: Path) -> dict[float, Path]:
+    """The second pass: each density's bin's low bits counted and every graft written, the
+    bin's own entries reverted and held (flat index, expert value, saliency), then patched
+    in once the thresholds are exact."""
+    densities = list(folders)
+    plans = [TensorPlan(n, inp.base.shape(n), inp.expert.dtype(n)) for n in inp.base.names()]
+    stats = {d: {n: _TensorStats(_numel(inp.base.shape(n))) for n in inp.names} for d in densities}
+    lo = low_histograms(wanted)
+    tops = [bin_top(b) for _, b, _ in wanted]
+    held: dict[float, dict[str, list[tuple[torch.Tensor, ...]]]] = {d: {} for d in densities}
+    with ExitStack() as stack:
+        tmp = {d: stack.enter_context(atomic_dir(folders[d])) for d in densities}
+        writers = {d: ShardedWriter(tmp[d], plans, opts.out_shard_bytes) for d in densities}
+        chunks = _chunks(inp, metric, opts, "FFG graft")
+        for plan in plans:
+            if plan.name not in stats[densities[0]]:  # integer buffers: the base's
                 for d in densities:
-                    _finish(stats[d][plan.name])
-        if thresholds is None:
-            thresholds = [v for v, _, _ in resolve(wanted, lo)]
+                    writers[d].write(plan.name, inp.base.get(plan.name))
+                continue
+            row = _numel(plan.shape[1:])
+            for rows in row_ranges(plan.shape, opts.chunk_bytes) or [None]:
+                name, _, e, b, s = next(chunks)
+                high = bits(s)
+                add_low(lo, high)
+                high = (high >> 16).reshape(s.shape)
+                for d, (_, bin_, _), top in zip(densities, wanted, tops):
+                    sure = s > top
+                    writers[d].write(name, torch.where(sure, e, b).to(plan.dtype).cpu())
+                    _count_rows(stats[d][name], sure, plan.shape, rows)
+                    idx = torch.nonzero((high == bin_).reshape(-1)).squeeze(1)
+                    if idx.numel():
+                        held[d].setdefault(name, []).append((
+                            idx.cpu() + (rows[0] * row if rows else 0),
+                            e.reshape(-1)[idx].to(plan.dtype).cpu(), s.reshape(-1)[idx].cpu()))
+        thresholds = [v for v, _, _ in resolve(wanted, lo)]
         for d, thr in zip(densities, thresholds):
             writers[d].close()
             for name, parts in held[d].items():
@@ -214,24 +244,6 @@ def _graft(inp: _Inputs, folders: dict[float, Path], total: int, metric: str, op
             _copy_model_files(base_dir if is_adapter(expert_dir) else expert_dir, tmp[d])
             write_json(tmp[d] / STATISTICS, _statistics(inp, d, thr, total, metric, stats[d], base_dir, expert_dir))
     return folders
-
-
-def _write_around_bins(writers: dict, stats: dict, held: dict, lo: dict, wanted: list[tuple[int, int, int]],
-                       plan: TensorPlan, rows: tuple[int, int] | None, e: torch.Tensor, b: torch.Tensor,
-                       s: torch.Tensor) -> None:
-    """One chunk of the two-pass graft, for every density."""
-    high = bits(s)
-    add_low(lo, high)
-    high = (high >> 16).reshape(s.shape)
-    start = rows[0] * _numel(plan.shape[1:]) if rows else 0  # the chunk's first flat index
-    for d, (_, bin_, _) in zip(writers, wanted):
-        sure = s > bin_top(bin_)
-        writers[d].write(plan.name, torch.where(sure, e, b).to(plan.dtype).cpu())
-        _count_rows(stats[d][plan.name], sure, plan.shape, rows)
-        idx = torch.nonzero((high == bin_).reshape(-1)).squeeze(1)
-        if idx.numel():
-            held[d].setdefault(plan.name, []).append((idx.cpu() + start, e.reshape(-1)[idx].to(plan.dtype).cpu(),
-                                                       s.reshape(-1)[idx].cpu()))
 
 
 def _count_rows(st: _TensorStats, keep: torch.Tensor, shape: tuple[int, ...], rows: tuple[int, int] | None) -> None:
