@@ -204,34 +204,3 @@ def test_statistics_with_missing_fields_are_refused(fam, sweep, tmp_path, capsys
                "--density", "x=0.3"])
     assert rc == 1 and "statistics.json lacks threshold" in capsys.readouterr().err
     assert not (tmp_path / "m.yml").exists()
-
-
-def _files(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-@pytest.mark.parametrize("metric,dtype", [("fisher", torch.float32), ("fisher", torch.bfloat16),
-                                          ("magnitude", torch.bfloat16)])
-def test_two_passes_give_the_three_pass_bytes(tmp_path, monkeypatch, metric, dtype):
-    """The sweep reads its inputs twice, patching the entries of each threshold's bin into
-    the written grafts; with no room to hold them it reads a third time. Same bytes either
-    way: weights, statistics (kept, ties, rows and columns) and every other file. bf16
-    magnitudes are full of ties at the threshold."""
-    import otamerge.ffg.graft as graft
-
-    fam = make_family(tmp_path / "fam", n_experts=1, seed=5, dtype=dtype)
-    passes = []
-    real = graft._chunks
-    monkeypatch.setattr(graft, "_chunks", lambda *a: passes.append(a[-1]) or real(*a))
-    out, room = {}, graft.BOUNDARY_ENTRIES
-    for held in (room, 0):
-        monkeypatch.setattr(graft, "BOUNDARY_ENTRIES", held)
-        passes.clear()
-        out[held] = ffg_sweep(fam["base"], fam["expert0"], fam["expert0"] / MOMENTS if metric == "fisher" else None,
-                              [0.01, 0.1, 0.1001, 0.5], metric, tmp_path / f"held{held}", QUIET)
-        assert len(passes) == (2 if held else 3)
-    ties = 0
-    for d, folder in out[0].items():
-        assert _files(out[room][d]) == _files(folder), d
-        ties += json.loads((folder / "statistics.json").read_text())["ties_at_threshold"]
-    assert ties > 0 if metric == "magnitude" else True

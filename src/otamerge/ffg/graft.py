@@ -7,14 +7,8 @@ saliency s = v * (w_expert - w_base)^2   (metric "fisher"; "magnitude": |w_exper
 ONE threshold over every parameter of the expert (embeddings, lm_head and norms too)
 keeps the top ``density`` fraction; grafted = where(s >= threshold, expert, base), which
 is exactly what OTA of this one expert with that threshold gives. A sweep of densities
-shares its passes over the inputs, two in all: the first counts the saliencies' high 16
-bits (threshold.py), which places each density's threshold in one bin of them; the second
-counts that bin's low bits and writes every grafted model at once, keeping the entries
-above the bin and reverting those below it. The few entries inside the bin (counted in
-the first pass) are held until the exact thresholds are known, then patched into the
-written files. Where they would be many (over BOUNDARY_ENTRIES; saliencies with huge
-ties), a third pass writes the grafts after the thresholds instead. Either way the same
-bits and statistics.
+shares its passes: two histogram passes find every threshold exactly (threshold.py),
+one more pass writes every grafted model and its statistics.json together.
 """
 
 from __future__ import annotations
@@ -36,16 +30,11 @@ from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.io.lora import is_adapter, open_model
 from otamerge.curvature.moments import OBS_KIND, OPTIMIZER_KEY, Moments, check_full_moments, check_importance_kind
-from otamerge.ffg.threshold import (add_low, bin_top, bits, high_histogram, keep_count, low_histograms, resolve,
-                                    wanted_bins)
+from otamerge.ffg.threshold import exact_thresholds, keep_count
 from otamerge.io.tokenizer_source import copy_tokenizer
 from otamerge.io.writer import ShardedWriter, TensorPlan
 
 METRICS = ("fisher", "magnitude", "sparsegpt")
-# entries held for patching, all densities together (index, saliency and value: 14-16
-# bytes each); fisher saliencies put a few per 10,000 entries in a threshold's bin
-BOUNDARY_ENTRIES = 1 << 22
-_INF_BIN = 0x7F80  # high bits of +inf: bins from here on hold inf and NaN
 IMPORTANCE_FILE = {"fisher": "moments file", "sparsegpt": "OBS importance file (otamerge importance)"}
 
 
@@ -65,7 +54,6 @@ class _TensorStats:
     rows_any: int = 0
     cols_any: int = 0
     cols: torch.Tensor | None = None  # columns with a kept entry, while the tensor is read
-    rows: torch.Tensor | None = None  # rows with a kept entry (the two-pass graft, until patched)
 
     def as_dict(self, shape: tuple[int, ...]) -> dict:
         out = {"shape": list(shape), "kept": self.kept, "total": self.total,
@@ -151,15 +139,7 @@ def ffg_graft(base_dir: str | Path, expert_dir: str | Path, moments_path: str | 
         def sal():
             return (s for *_, s in _chunks(inp, metric, opts, "FFG thresholds"))
 
-        hi, total = high_histogram(sal)
-        wanted = wanted_bins(hi, [keep_count(d, total) for d in densities]) if total else []
-        if wanted and sum(int(hi[b]) for _, b, _ in wanted) <= BOUNDARY_ENTRIES \
-                and all(b < _INF_BIN for _, b, _ in wanted):
-            return _graft_two_pass(inp, folders, wanted, total, metric, opts, base_dir, expert_dir)
-        lo = low_histograms(wanted)
-        for s in sal():
-            add_low(lo, bits(s))
-        thresholds = [v for v, _, _ in resolve(wanted, lo)] if total else [math.inf] * len(densities)
+        thresholds, total = exact_thresholds(sal, densities)
         return _graft(inp, folders, thresholds, total, metric, opts, base_dir, expert_dir)
     finally:
         for c in (inp.base, inp.expert, inp.moments):
@@ -196,77 +176,6 @@ def _graft(inp: _Inputs, folders: dict[float, Path], thresholds: list[float], to
     return folders
 
 
-def _graft_two_pass(inp: _Inputs, folders: dict[float, Path], wanted: list[tuple[int, int, int]], total: int,
-                    metric: str, opts: FfgOptions, base_dir: Path, expert_dir: Path) -> dict[float, Path]:
-    """The second pass: each density's bin's low bits counted and every graft written, the
-    bin's own entries reverted and held (flat index, expert value, saliency), then patched
-    in once the thresholds are exact."""
-    densities = list(folders)
-    plans = [TensorPlan(n, inp.base.shape(n), inp.expert.dtype(n)) for n in inp.base.names()]
-    stats = {d: {n: _TensorStats(_numel(inp.base.shape(n))) for n in inp.names} for d in densities}
-    lo = low_histograms(wanted)
-    tops = [bin_top(b) for _, b, _ in wanted]
-    held: dict[float, dict[str, list[tuple[torch.Tensor, ...]]]] = {d: {} for d in densities}
-    with ExitStack() as stack:
-        tmp = {d: stack.enter_context(atomic_dir(folders[d])) for d in densities}
-        writers = {d: ShardedWriter(tmp[d], plans, opts.out_shard_bytes) for d in densities}
-        chunks = _chunks(inp, metric, opts, "FFG graft")
-        for plan in plans:
-            if plan.name not in stats[densities[0]]:  # integer buffers: the base's
-                for d in densities:
-                    writers[d].write(plan.name, inp.base.get(plan.name))
-                continue
-            row = _numel(plan.shape[1:])
-            for rows in row_ranges(plan.shape, opts.chunk_bytes) or [None]:
-                name, _, e, b, s = next(chunks)
-                high = bits(s)
-                add_low(lo, high)
-                high = (high >> 16).reshape(s.shape)
-                for d, (_, bin_, _), top in zip(densities, wanted, tops):
-                    sure = s > top
-                    writers[d].write(name, torch.where(sure, e, b).to(plan.dtype).cpu())
-                    _count_rows(stats[d][name], sure, plan.shape, rows)
-                    idx = torch.nonzero((high == bin_).reshape(-1)).squeeze(1)
-                    if idx.numel():
-                        held[d].setdefault(name, []).append((
-                            idx.cpu() + (rows[0] * row if rows else 0),
-                            e.reshape(-1)[idx].to(plan.dtype).cpu(), s.reshape(-1)[idx].cpu()))
-        thresholds = [v for v, _, _ in resolve(wanted, lo)]
-        for d, thr in zip(densities, thresholds):
-            writers[d].close()
-            for name, parts in held[d].items():
-                idx, values, sal = (torch.cat(p) for p in zip(*parts))
-                keep = sal >= thr
-                writers[d].patch(name, idx[keep], values[keep])
-                _count_held(stats[d][name], idx[keep], sal, thr, inp.base.shape(name))
-            for st in stats[d].values():
-                _finish(st)
-            _copy_model_files(base_dir if is_adapter(expert_dir) else expert_dir, tmp[d])
-            write_json(tmp[d] / STATISTICS, _statistics(inp, d, thr, total, metric, stats[d], base_dir, expert_dir))
-    return folders
-
-
-def _count_rows(st: _TensorStats, keep: torch.Tensor, shape: tuple[int, ...], rows: tuple[int, int] | None) -> None:
-    """_count's kept entries and their rows and columns, for entries that are surely kept."""
-    st.kept += int(keep.sum())
-    if keep.dim() == 2:
-        if st.rows is None:
-            st.rows = torch.zeros(shape[0], dtype=torch.bool)
-            st.cols = torch.zeros(shape[1], dtype=torch.bool)
-        st.rows[rows[0]:rows[1]] = keep.any(dim=1).cpu()
-        st.cols |= keep.any(dim=0).cpu()
-
-
-def _count_held(st: _TensorStats, kept: torch.Tensor, sal: torch.Tensor, thr: float, shape: tuple[int, ...]) -> None:
-    """The held entries' share of the counts: those kept, the ties at the threshold (all
-    of which lie in its bin) and their rows and columns."""
-    st.kept += kept.numel()
-    st.ties += int((sal == thr).sum())
-    if len(shape) == 2:
-        st.rows[kept // shape[1]] = True
-        st.cols[kept % shape[1]] = True
-
-
 def _numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape) if shape else 1
 
@@ -283,9 +192,6 @@ def _count(st: _TensorStats, keep: torch.Tensor, s: torch.Tensor, thr: float) ->
 def _finish(st: _TensorStats) -> None:
     """Reduce per-tensor buffers to numbers: small tensors kept alive across the whole
     pass would fragment the heap between the large chunk buffers and grow the RSS."""
-    if st.rows is not None:
-        st.rows_any = int(st.rows.sum())
-        st.rows = None
     if st.cols is not None:
         st.cols_any = int(st.cols.sum())
         st.cols = None

@@ -19,8 +19,7 @@ Chunks = Callable[[], Iterable[torch.Tensor]]  # a fresh pass over the saliency 
 BINS = 1 << 16
 
 
-def bits(s: torch.Tensor) -> torch.Tensor:
-    """The values' fp32 bit patterns as int64, whose order is the values' (non-negative) order."""
+def _bits(s: torch.Tensor) -> torch.Tensor:
     s = s.to(torch.float32).abs().reshape(-1)  # abs: -0.0 has the sign bit set
     return s.view(torch.int32).to(torch.int64)
 
@@ -57,56 +56,28 @@ def rank_counts(chunks: Chunks, ranks: Callable[[int], list[int]]) -> tuple[list
     """Like kth_largest, with each value's counts (value, entries greater, entries equal):
     a top-k selection then knows how many ties at the threshold it keeps without another
     pass over the chunks. Values are compared as their absolute values."""
-    hi, total = high_histogram(chunks)
-    if total == 0:
-        return [(math.inf, 0, 0) for _ in ranks(0)], 0
-    wanted = wanted_bins(hi, ranks(total))
-    lo = low_histograms(wanted)
-    for s in chunks():
-        add_low(lo, bits(s))
-    return resolve(wanted, lo), total
-
-
-def high_histogram(chunks: Chunks) -> tuple[torch.Tensor | None, int]:
-    """Pass 1: the counts of the high 16 bits (on the CPU), and the total count."""
     hi = None  # on the chunks' device (CPU or GPU)
     total = 0
     for s in chunks():
-        b = bits(s)
+        b = _bits(s)
         total += b.numel()
         counts = torch.bincount(b >> 16, minlength=BINS)
         hi = counts if hi is None else hi + counts
-    return (hi.cpu() if hi is not None else None), total
-
-
-def wanted_bins(hi: torch.Tensor, ks: list[int]) -> list[tuple[int, int, int]]:
-    """(k, high bin, rank within that bin) of the k-th largest entry, for each k."""
-    return [(k, *_select(hi, k)) for k in ks]
-
-
-def low_histograms(wanted: list[tuple[int, int, int]]) -> dict[int, torch.Tensor]:
-    return {b: torch.zeros(BINS, dtype=torch.int64) for _, b, _ in wanted}
-
-
-def add_low(lo: dict[int, torch.Tensor], b: torch.Tensor) -> None:
-    """Pass 2, one chunk of ``bits``: count the low 16 bits of the entries in each wanted bin."""
-    high = b >> 16
-    for bin_, hist in lo.items():
-        sel = b[high == bin_] & 0xFFFF
-        if sel.numel():
-            hist += torch.bincount(sel, minlength=BINS).cpu()
-
-
-def resolve(wanted: list[tuple[int, int, int]], lo: dict[int, torch.Tensor]) -> list[tuple[float, int, int]]:
-    """(value, entries greater, entries equal) of each wanted rank, from pass 2's counts."""
+    if total == 0:
+        return [(math.inf, 0, 0) for _ in ranks(0)], 0
+    hi = hi.cpu()
+    wanted = [(k, *_select(hi, k)) for k in ranks(total)]
+    lo = {b: torch.zeros(BINS, dtype=torch.int64) for _, b, _ in wanted}
+    for s in chunks():
+        b = _bits(s)
+        high = b >> 16
+        for bin_, hist in lo.items():
+            sel = b[high == bin_] & 0xFFFF
+            if sel.numel():
+                hist += torch.bincount(sel, minlength=BINS).cpu()
     out = []
     for k, bin_, rank in wanted:
         low, left = _select(lo[bin_], rank)  # left: the rank among the entries equal to the value
-        value = torch.tensor([(bin_ << 16) | low], dtype=torch.int32)
-        out.append((float(value.view(torch.float32)), k - left, int(lo[bin_][low])))
-    return out
-
-
-def bin_top(bin_: int) -> float:
-    """The largest value whose high 16 bits are ``bin_``."""
-    return float(torch.tensor([(bin_ << 16) | 0xFFFF], dtype=torch.int32).view(torch.float32))
+        bits = torch.tensor([(bin_ << 16) | low], dtype=torch.int32)
+        out.append((float(bits.view(torch.float32)), k - left, int(lo[bin_][low])))
+    return out, total

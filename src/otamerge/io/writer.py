@@ -8,7 +8,6 @@ appended in order as they are computed: nothing is buffered beyond the current c
 from __future__ import annotations
 
 import json
-import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -118,22 +117,3 @@ class ShardedWriter:
             total = sum(t.nbytes for shard in self.shards for t in shard)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-
-    def patch(self, name: str, index: torch.Tensor, values: torch.Tensor) -> None:
-        """After close(): overwrite the entries ``index`` (flat) of tensor ``name`` with
-        ``values`` (its dtype), in place in its shard."""
-        if not index.numel():
-            return
-        shard, plan = next((i, t) for i, t in self._order if t.name == name)
-        if values.dtype != plan.dtype:
-            raise RuntimeError(f"patch of {name} ({plan.dtype}) with {values.dtype} values")
-        start = len(_header(self.shards[shard], self.metadata))
-        for t in self.shards[shard]:
-            if t.name == name:
-                break
-            start += t.nbytes
-        with open(self.out_dir / self.files[shard], "r+b") as fh, mmap.mmap(fh.fileno(), 0) as mm:
-            data = torch.frombuffer(mm, dtype=torch.uint8, offset=start, count=plan.nbytes).view(plan.dtype)
-            data[index] = values
-            del data  # the map cannot close while a tensor points into it
-            mm.flush()
