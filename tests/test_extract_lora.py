@@ -150,6 +150,26 @@ def test_biases_of_linear_layers_travel_as_lora_bias(tmp_path):
     _assert_model(_through_reader(tmp_path / "base", out), expert, 1e-5)
 
 
+def test_a_tied_head_travels_with_the_embedding(tmp_path):
+    """Tied embeddings (SmolLM2, Llama 3.2): the checkpoint has no head, but peft's merge
+    keeps the base's head tied to the embedding it replaces unless the adapter saves both."""
+    from checkpoints import build_tokenizer
+
+    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(1)
+    for name in ("base", "expert"):
+        LlamaForCausalLM(cfg).save_pretrained(tmp_path / name)
+        build_tokenizer().save_pretrained(tmp_path / name)
+    extract_lora(tmp_path / "expert", tmp_path / "base", tmp_path / "lora", QUIET)
+    assert "lm_head" in json.loads((tmp_path / "lora/adapter_config.json").read_text())["modules_to_save"]
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    merged = peft.PeftModel.from_pretrained(base, tmp_path / "lora").merge_and_unload()
+    expert = AutoModelForCausalLM.from_pretrained(tmp_path / "expert", dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 7, 9, 11]])
+    torch.testing.assert_close(merged(ids).logits, expert(ids).logits, atol=1e-4, rtol=0)
+
+
 def test_mismatched_models_and_rank_zero_are_refused(fam, tmp_path, capsys):
     assert main(["extract-lora", str(fam["expert0"]), str(fam["base"]), str(tmp_path / "a"), "--rank", "0"]) == 1
     assert "rank must be at least 1" in capsys.readouterr().err

@@ -57,8 +57,9 @@ def decompose(delta: torch.Tensor, rank: int, sv_epsilon: float = 0.0,
     return s[:r, None] * vh[:r], u[:, :r].clone()
 
 
-def module_kinds(model_dir: Path) -> dict[str, str]:
-    """module name -> ``linear`` or ``full`` (saved whole), for every module with a weight."""
+def module_kinds(model_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """module name -> ``linear`` or ``full`` (saved whole), for every module with a weight;
+    and for tied embeddings {output embedding weight: input embedding weight}."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -67,13 +68,17 @@ def module_kinds(model_dir: Path) -> dict[str, str]:
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise OtaMergeError(f"{model_dir}: transformers cannot build its architecture ({exc})") from None
-    embeddings = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
-    kinds = {}
+    embed_in, embed_out = model.get_input_embeddings(), model.get_output_embeddings()
+    kinds, names = {}, {}
     for name, module in model.named_modules():
+        names[id(module)] = name
         if isinstance(getattr(module, "weight", None), torch.Tensor):
-            linear = isinstance(module, torch.nn.Linear) and id(module) not in embeddings
+            linear = isinstance(module, torch.nn.Linear) and module is not embed_in and module is not embed_out
             kinds[name] = "linear" if linear else "full"
-    return kinds
+    tied = {}
+    if embed_out is not None and getattr(config, "tie_word_embeddings", False):
+        tied[f"{names[id(embed_out)]}.weight"] = f"{names[id(embed_in)]}.weight"
+    return kinds, tied
 
 
 def _module_of(tensor: str, kinds: dict[str, str]) -> tuple[str, str]:
@@ -95,7 +100,7 @@ def extract_lora(model_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
     device = pick_device(opts.device)
     try:
         check_compatible(model, base, model.names())
-        kinds = module_kinds(model_dir)
+        kinds, tied = module_kinds(model_dir)
         tensors, layers, saved, ranks = {}, {}, set(), {}
         err2 = norm2 = 0.0
         for name in tqdm(model.names(), desc="extract-lora", unit="tensor", disable=not opts.progress):
@@ -118,6 +123,12 @@ def extract_lora(model_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
                 ranks[module] = a.shape[0]
                 tensors[f"{PREFIX}{module}.lora_A.weight"] = a.cpu()
                 tensors[f"{PREFIX}{module}.lora_B.weight"] = b.cpu()
+        # a tied head is not in the checkpoint; saved beside the embedding (as mergekit does),
+        # or peft's merge would keep the base's head tied to the replaced embedding
+        for head, embedding in tied.items():
+            if head not in model and PREFIX + embedding in tensors:
+                tensors[PREFIX + head] = tensors[PREFIX + embedding].clone()
+                saved.add(head.rpartition(".")[0].rpartition(".")[2])
     finally:
         model.close()
         base.close()
