@@ -268,9 +268,10 @@ class Plan:
         by (thresholds.backend) scores every candidate; the other external evaluators,
         minutes per model, only grafts at fixed densities: an automatic choice is known
         only once the sweep is scored."""
-        fixed = [p for p in self.graft_candidates() if self.fixed_density(layout.graft_expert(p))]
+        candidates = self.graft_candidates()
+        fixed = [p for p in candidates if self.fixed_density(layout.graft_expert(p))]
         every = [b for b in self.backends if b in ("builtin", self.threshold_backend)]
-        return (self.evaluated(self.graft_candidates(), every)
+        return (self.evaluated(candidates, every)
                 + self.evaluated(fixed, [b for b in self.backends if b not in every]))
 
     # -- the claims job -----------------------------------------------------------------------
