@@ -11,7 +11,7 @@ FFG threshold at density 0.1 with ``otamerge ffg`` (once, untimed), and writes o
 YAML in the form of the paper's hf_ota_ffg_per_model_thresh.yml (epsilon 1e-26, power 0.5,
 normalise none, fallback_to_base, no rescale, a per-model preconditioner_path and
 precond_threshold; dtype bfloat16). Every case reads that same YAML, each as its own
-process under ``/usr/bin/time`` (wall, peak RSS), with OMP_NUM_THREADS and torch's
+process (wall; peak RSS: VmHWM our processes report, else ``/usr/bin/time``'s), with OMP_NUM_THREADS and torch's
 threads at --threads, the inputs read once before every run (warm page cache), repeats
 interleaved (A B C A B C ...):
 
