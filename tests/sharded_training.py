@@ -56,6 +56,9 @@ def _fsdp_rank(rank: int, world: int, out: str, port: int) -> None:
     if rank == 0:
         save_file({n: s["exp_avg_sq"].contiguous() for n, s in full["state"].items()},
                   str(Path(out) / "reference.safetensors"))
+    # Both ranks leave together: a rank that tears gloo down while its peer still writes has
+    # aborted the peer ("terminate called without an active exception") on a busy 2-core box.
+    dist.barrier()
     dist.destroy_process_group()
 
 

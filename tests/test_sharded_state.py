@@ -24,8 +24,15 @@ TRAIN = REPO / "tests/sharded_training.py"
 
 def _train(kind: str, out) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, str(TRAIN), kind, str(out)], capture_output=True, text=True, env=env,
-                         timeout=600)
+    for attempt in range(2):
+        res = subprocess.run([sys.executable, str(TRAIN), kind, str(out)], capture_output=True, text=True, env=env,
+                             timeout=600)
+        # A rank killed by a signal (SIGABRT in gloo's teardown, seen once in CI; mp.spawn then
+        # raises "process 1 terminated with signal SIGABRT") is the library's flake, not a wrong
+        # state: train once more. Any other error fails at once.
+        if res.returncode == 0 or attempt or "terminated with signal" not in res.stderr:
+            break
+        print(f"{kind} training: a rank was killed by a signal, retrying:\n{res.stderr[-2000:]}")
     assert res.returncode == 0, res.stderr[-3000:]
 
 
