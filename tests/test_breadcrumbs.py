@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from otamerge.config import parse_config
-from otamerge.methods import METHODS
+from otamerge.methods.registry import IMPLEMENTATIONS
 from otamerge.methods.base import TensorInputs
 from otamerge.methods.sparsify import breadcrumbs
 
@@ -42,7 +42,7 @@ def _merge(method, compat, shape=(40, 25)):
                         "models": [{"model": f"m{i}", "parameters": {"weight": 1.0}} for i in range(3)]})
     inputs = TensorInputs("model.norm.weight", base, models, [None] * 3, [m.params for m in cfg.models],
                           cfg.params)
-    return base, METHODS[method].merge(inputs)
+    return base, IMPLEMENTATIONS[method].merge(inputs)
 
 
 @pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])

@@ -60,12 +60,13 @@ def test_density_and_epsilon_outside_the_unit_interval_are_refused(density, epsi
 
 
 def test_streamed_della_gives_the_whole_tensor_paths_bits():
-    from otamerge.methods.task_arithmetic import METHODS, _whole
+    from otamerge.methods.registry import implementation
+    from otamerge.methods.task_arithmetic import _whole
 
     torch.manual_seed(0)
     base = torch.randn(300, 40)
     models = [base + 0.1 * torch.randn(300, 40) for _ in range(3)]
-    method = next(m for m in METHODS if m.name == "della")
+    method = implementation("della")
     params = {"normalize": True, "rescale": True, "lambda": 1.0, "int8_mask": False}
     mp = [{"weight": w, "density": 0.5, "epsilon": 0.2} for w in (0.5, 0.3, 0.7)]
     inputs = TensorInputs(name="model.layers.0.mlp.up_proj.weight", base=base, models=models, moments=[None] * 3,

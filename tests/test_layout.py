@@ -91,6 +91,7 @@ def test_the_modules_the_dag_build_reads_import_no_torch():
     """The workflow imports these while building the DAG on the submitting node: they must
     stay light (no torch)."""
     code = ("import sys; import otamerge.workflow.layout, otamerge.workflow.seeds, otamerge.workflow.subsets, otamerge.ffg.densities, "
-            "otamerge.workflow.merge_specs, otamerge.demo.settings; print('torch' in sys.modules)")
+            "otamerge.workflow.merge_specs, otamerge.workflow.plan, otamerge.methods.catalog, otamerge.demo.settings; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

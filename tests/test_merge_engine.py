@@ -255,7 +255,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(fam, tmp_path):
 def test_in_place_merging_of_owned_inputs_gives_the_same_bits_and_spares_borrowed_ones(method):
     """The engine lets methods overwrite its own fresh copies (less memory); tensors a
     caller lends (owned=False) come back untouched, and the result is the same."""
-    from otamerge.methods import METHODS
+    from otamerge.methods.registry import IMPLEMENTATIONS
     from otamerge.methods.base import TensorInputs
 
     g = torch.Generator().manual_seed(4)
@@ -265,7 +265,7 @@ def test_in_place_merging_of_owned_inputs_gives_the_same_bits_and_spares_borrowe
     mp = [{"weight": w, "density": 0.3, "gamma": 0.01} for w in (1.0, 0.5, 0.25)]
     params = {"normalize": True, "rescale": method == "dare_ties", "lambda": 1.0, "int8_mask": False,
               "normalize_weights": True, "eps": 1e-8, "select_topk": 0.3}
-    merge = METHODS[method].merge
+    merge = IMPLEMENTATIONS[method].merge
     lent = merge(TensorInputs("w", base, models, [None] * 3, mp, params, seed=2))
     assert all(torch.equal(m, c) for m, c in zip(models, copies))
     owned = merge(TensorInputs("w", base.clone(), copies, [None] * 3, mp, params, seed=2, owned=True))

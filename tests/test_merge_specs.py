@@ -100,21 +100,21 @@ def test_per_expert_values_for_experts_a_merge_lacks_are_refused(spec, message):
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
 
 
-def test_the_workflows_method_table_is_the_registry_and_the_schema_lists_it():
-    from otamerge.methods import METHODS as REGISTRY
-    from otamerge.workflow.methods import METHODS
+def test_every_catalogued_method_has_one_engine_function_and_the_schema_lists_the_catalog():
+    """The catalog (torch-free) is the one declaration: the engine implements exactly its
+    names, and the schema's method list and config/README.md follow its order."""
+    from otamerge.methods.catalog import CATALOG
+    from otamerge.methods.registry import IMPLEMENTATIONS
 
     merge = SCHEMA["properties"]["merges"]["additionalProperties"]["properties"]
-    assert merge["method"]["enum"] == list(METHODS) and set(REGISTRY) == set(METHODS)
-    for name, traits in METHODS.items():
-        engine = REGISTRY[name]
-        assert traits.base == engine.base, name
-        assert set(traits.per_model) == {p.name for p in engine.params if p.per_model}, name
-        params = {p.name for p in engine.params}
-        assert (traits.curvature == "trim_by") == ("trim_by" in params), name
-        assert engine.moments({}, [{}]) == (traits.curvature == "always"), name
+    assert merge["method"]["enum"] == list(CATALOG) and set(IMPLEMENTATIONS) == set(CATALOG)
+    for name, spec in CATALOG.items():
+        # curvature is read where the method says: OTA always, the ranked TIES family by trim_by
+        assert (spec.curvature == "trim_by") == ("trim_by" in {p.name for p in spec.params}), name
+        assert spec.reads_moments({}, [{}]) == (spec.curvature == "always"), name
+        assert spec.reads_moments({"trim_by": "fisher"}, [{"density": 0.5}]) == (spec.curvature != "never"), name
     documented = (REPO / "config/README.md").read_text().split("| `merges.<name>.method` | string | ", 1)[1]
-    assert documented.split(" |", 1)[0] == ", ".join(METHODS)
+    assert documented.split(" |", 1)[0] == ", ".join(CATALOG)
     assert SCHEMA["$defs"]["metric"]["enum"] == list(FFG_METRICS)
     assert set(merge["ffg"]["enum"]) == {m for m, (_, kind) in FFG_METRICS.items() if kind in ("full", "rank1")}
 

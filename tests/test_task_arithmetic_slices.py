@@ -12,7 +12,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from otamerge.methods import get_method, streamed
+from otamerge.methods import streamed
+from otamerge.methods.registry import implementation
 from otamerge.methods.base import TensorInputs
 from otamerge.methods.task_arithmetic import _whole
 
@@ -62,7 +63,7 @@ def test_a_nan_task_vector_is_ranked_on_the_whole_tensor_as_before():
     inputs = TensorInputs("w", base, models, [None] * 3, [{"weight": 1.0, "density": 0.4}] * 3, params)
     with pytest.raises(streamed.Unsliceable):
         streamed.merge(inputs, "magnitude", True, torch.float32)
-    got = get_method("ties").merge(inputs)
+    got = implementation("ties").merge(inputs)
     assert torch.equal(got.view(torch.int32), _whole(inputs, "magnitude", True, torch.float32).view(torch.int32))
 
 

@@ -24,8 +24,7 @@ import torch
 import yaml
 
 from otamerge.errors import OtaMergeError
-from otamerge.methods import get_method
-from otamerge.methods.base import REQUIRED, MergeMethod, Param
+from otamerge.methods.catalog import REQUIRED, MethodSpec, Param, method_spec
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -45,7 +44,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class MergeConfig:
-    method: MergeMethod
+    method: MethodSpec
     base: str | None
     models: list[ModelSpec]          # the models the method combines (never the base)
     params: dict[str, Any]           # resolved global parameters
@@ -92,7 +91,7 @@ def _given(value: Any, otherwise: Any) -> Any:
     return otherwise if value is None else value
 
 
-def resolve_params(method: MergeMethod, global_raw: dict[str, Any],
+def resolve_params(method: MethodSpec, global_raw: dict[str, Any],
                    models_raw: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Global values and each model's values (its own, else the global one, else the
     default), with unknown names, missing required values and bad values refused."""
@@ -136,7 +135,7 @@ def parse_config(raw: dict[str, Any]) -> MergeConfig:
         raise OtaMergeError(f"merge config: unknown key(s) {', '.join(sorted(unknown))}{hint}")
     if "merge_method" not in raw:
         raise OtaMergeError("merge config: merge_method is missing")
-    method = get_method(str(raw["merge_method"]))
+    method = method_spec(str(raw["merge_method"]))
     base = raw.get("base_model")
     if isinstance(base, dict):
         base = base.get("model")

@@ -25,7 +25,8 @@ from otamerge.config import MergeConfig
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.io.lora import open_model
-from otamerge.methods.base import TensorInputs, compute_dtype
+from otamerge.methods.base import Implementation, TensorInputs, compute_dtype
+from otamerge.methods.registry import implementation
 from otamerge.io.model_config import read_model_config
 from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.io.resolve import resolve_model, resolve_preconditioner
@@ -53,6 +54,7 @@ class Plan:
     models: list[Checkpoint]
     moments: list[Moments | None]
     out: list[TensorPlan]
+    method: Implementation  # the engine's function for cfg.method
     whole_tensors: bool  # the method must see whole tensors (no row chunks)
     tokenizer: TokenizerPlan = field(default_factory=TokenizerPlan)
 
@@ -62,7 +64,7 @@ def make_plan(cfg: MergeConfig) -> Plan:
     base = Checkpoint(resolve_model(cfg.base), f"base model {cfg.base}") if cfg.base else None
     models, moments = [], []
     folders = [resolve_model(spec.ref) for spec in cfg.models]
-    needs_moments = cfg.method.moments(cfg.params, [m.params for m in cfg.models])
+    needs_moments = cfg.method.reads_moments(cfg.params, [m.params for m in cfg.models])
     for spec, folder in zip(cfg.models, folders):
         models.append(open_model(folder, f"model {spec.ref}", base))
         if needs_moments:
@@ -90,8 +92,9 @@ def make_plan(cfg: MergeConfig) -> Plan:
         if dt.is_floating_point:
             dt = cfg.out_dtype or cfg.dtype or dt
         out.append(TensorPlan(name, reference.shape(name), dt))
-    whole = cfg.method.whole_tensor(cfg.params, [m.params for m in cfg.models])
-    return Plan(names, reference, base, models, moments, out, whole, tokenizer)
+    method = implementation(cfg.method.name)
+    whole = method.whole_tensor(cfg.params, [m.params for m in cfg.models])
+    return Plan(names, reference, base, models, moments, out, method, whole, tokenizer)
 
 
 def _compute_dtype(plan: Plan, name: str) -> torch.dtype:
@@ -122,11 +125,11 @@ def _split(plan: Plan, values: list[torch.Tensor]) -> tuple:
     return base, [next(it) for _ in plan.models], moments
 
 
-def _whole_inputs(cfg: MergeConfig, plan: Plan, name: str, device: torch.device) -> tuple:
+def _whole_inputs(plan: Plan, name: str, device: torch.device) -> tuple:
     """Whole tensors, read when needed (no second tensor's worth read ahead), as base, models
     and moments: in their stored dtype for a method that converts them slice by slice, else
     in the compute dtype. Read in _sources' order, so a first bad input is the one reported."""
-    dtype = None if cfg.method.stored_inputs else _compute_dtype(plan, name)
+    dtype = None if plan.method.stored_inputs else _compute_dtype(plan, name)
 
     def load(source: Checkpoint | Moments) -> torch.Tensor:
         return source.get(name).to(device=device, dtype=dtype)
@@ -146,7 +149,7 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
         if reader is not None:
             base, models, moments = _split(plan, reader.take(name, rows))
         else:
-            base, models, moments = _whole_inputs(cfg, plan, name, device)
+            base, models, moments = _whole_inputs(plan, name, device)
         inputs = TensorInputs(
             name=name,
             base=base,
@@ -158,7 +161,7 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
             owned=True,  # read for this call only
             out_dtype=tp.dtype,
         )
-        writer.write(name, cfg.method.merge(inputs).to(tp.dtype))
+        writer.write(name, plan.method.merge(inputs).to(tp.dtype))
 
 
 def _write_config(src: Path, out: Path, dtype: torch.dtype | None) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from otamerge.methods.base import MergeMethod, TensorInputs, base_and_one_other
+from otamerge.methods.base import Implementation, TensorInputs, base_and_one_other
 
 _SAMPLE = 1_000_000
 _QUANTILES = (0.25, 0.5, 0.75)
@@ -46,13 +46,6 @@ def arcee_fusion(inputs: TensorInputs) -> torch.Tensor:
     return a + (b - a) * keep
 
 
-METHODS = (
-    MergeMethod(
-        name="arcee_fusion",
-        params=(),
-        merge=arcee_fusion,
-        base="required",
-        whole_tensor=lambda p, mp: True,  # quantiles of the whole tensor's importances
-        description="the other model's changes at the entries of outlying importance (Arcee Fusion)",
-    ),
-)
+IMPLEMENTS = {
+    "arcee_fusion": Implementation(arcee_fusion, whole_tensor=lambda p, mp: True),  # quantiles of the whole tensor's importances
+}

@@ -1,4 +1,5 @@
-"""What a merge method declares: its parameters, its inputs, and a per-tensor function."""
+"""What the engine gives a merge method (a tensor's inputs) and what a method gives the engine
+(its per-tensor function); its parameters are declared in ``catalog.py``."""
 
 from __future__ import annotations
 
@@ -8,20 +9,6 @@ from typing import Any, Callable
 import torch
 
 from otamerge.errors import OtaMergeError
-
-REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Param:
-    """A parameter of a merge method. ``per_model`` parameters may be set for each model
-    (a model's value overrides the global one, as in mergekit)."""
-
-    name: str
-    default: Any = REQUIRED
-    per_model: bool = False
-    kind: type = float
-    choices: tuple = ()
 
 
 @dataclass
@@ -56,23 +43,15 @@ def compute_dtype(dtypes: list[torch.dtype]) -> torch.dtype:
 
 
 @dataclass(frozen=True)
-class MergeMethod:
-    """One entry of the registry.
+class Implementation:
+    """The engine's side of a method declared in ``catalog.py``.
 
-    base: "required", "optional" or "ignored" (the base model is then just not used).
-    moments: given the resolved parameters, whether each model needs a
-    ``preconditioner_path`` (OTA always; TIES-family trimming by curvature).
     whole_tensor: given the resolved parameters, whether the method must see whole tensors
     (top-k selection, random masks, norms); otherwise the engine may pass row chunks.
     stored_inputs: whole tensors come in their stored dtype, not the compute dtype: the
     method converts them slice by slice (a bf16 embedding is then not held in fp32).
     """
 
-    name: str
-    params: tuple[Param, ...]
     merge: Callable[[TensorInputs], torch.Tensor]
-    base: str = "required"
-    moments: Callable[[dict[str, Any], list[dict[str, Any]]], bool] = lambda p, mp: False
     whole_tensor: Callable[[dict[str, Any], list[dict[str, Any]]], bool] = lambda p, mp: False
     stored_inputs: bool = False
-    description: str = ""

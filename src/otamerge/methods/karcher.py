@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import Implementation, TensorInputs
 
 
 def _direction_mean(units: list[torch.Tensor], alphas: list[float], max_iter: int, tol: float) -> torch.Tensor:
@@ -60,13 +60,4 @@ def karcher(inputs: TensorInputs) -> torch.Tensor:
     return scale * mean
 
 
-METHODS = (
-    MergeMethod(
-        name="karcher",
-        params=(Param("max_iter", 10, kind=int), Param("tol", 1e-5)),
-        merge=karcher,
-        base="ignored",
-        whole_tensor=lambda p, mp: True,  # norms and dot products over the tensor
-        description="the models' weighted mean on the sphere (Karcher mean), at their mean norm",
-    ),
-)
+IMPLEMENTS = {"karcher": Implementation(karcher, whole_tensor=lambda p, mp: True)}  # norms and dot products

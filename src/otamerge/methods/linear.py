@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import Implementation, TensorInputs
 
 
 def linear(inputs: TensorInputs) -> torch.Tensor:
@@ -18,12 +18,4 @@ def linear(inputs: TensorInputs) -> torch.Tensor:
     return acc
 
 
-METHODS = (
-    MergeMethod(
-        name="linear",
-        params=(Param("weight", per_model=True), Param("normalize", True, kind=bool)),
-        merge=linear,
-        base="ignored",
-        description="weighted average of the listed models",
-    ),
-)
+IMPLEMENTS = {"linear": Implementation(linear)}

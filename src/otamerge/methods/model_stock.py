@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from otamerge.errors import OtaMergeError
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import Implementation, TensorInputs
 
 
 def model_stock(inputs: TensorInputs) -> torch.Tensor:
@@ -47,13 +47,6 @@ def model_stock(inputs: TensorInputs) -> torch.Tensor:
     return (t * (average / k) + (1 - t) * w0).reshape(shape)
 
 
-METHODS = (
-    MergeMethod(
-        name="model_stock",
-        params=(Param("filter_wise", False, kind=bool),),
-        merge=model_stock,
-        base="required",
-        whole_tensor=lambda p, mp: True,  # norms and dot products over the tensor (or its rows)
-        description="the models' average pulled towards the base by the angle between them (Model Stock)",
-    ),
-)
+IMPLEMENTS = {
+    "model_stock": Implementation(model_stock, whole_tensor=lambda p, mp: True),  # norms and dot products (or of rows)
+}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from otamerge.errors import OtaMergeError
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import Implementation, TensorInputs
 
 
 def _weighted_sum(terms: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
@@ -63,13 +63,4 @@ def multislerp(inputs: TensorInputs) -> torch.Tensor:
     return result.add_(base) if base is not None else result
 
 
-METHODS = (
-    MergeMethod(
-        name="multislerp",
-        params=(Param("weight", per_model=True), Param("normalize_weights", True, kind=bool), Param("eps", 1e-8)),
-        merge=multislerp,
-        base="optional",
-        whole_tensor=lambda p, mp: True,  # norms and dot products over the whole tensor
-        description="barycentric spherical interpolation of the models (or task vectors)",
-    ),
-)
+IMPLEMENTS = {"multislerp": Implementation(multislerp, whole_tensor=lambda p, mp: True)}  # norms over the tensor

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from otamerge.methods.base import MergeMethod, Param, TensorInputs, base_and_one_other
+from otamerge.methods.base import Implementation, TensorInputs, base_and_one_other
 
 
 def nearswap(inputs: TensorInputs) -> torch.Tensor:
@@ -23,12 +23,4 @@ def nearswap(inputs: TensorInputs) -> torch.Tensor:
     return weight * b + (1 - weight) * a
 
 
-METHODS = (
-    MergeMethod(
-        name="nearswap",
-        params=(Param("t"),),
-        merge=nearswap,
-        base="required",
-        description="the base, moved to the other model where they differ by at most t",
-    ),
-)
+IMPLEMENTS = {"nearswap": Implementation(nearswap)}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from otamerge.errors import OtaMergeError
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import Implementation, TensorInputs
 
 _EPS = 1e-8
 
@@ -56,14 +56,6 @@ def nuslerp(inputs: TensorInputs) -> torch.Tensor:
     return base + _interpolate(t, models[0] - base, models[1] - base, row_wise, flatten)
 
 
-METHODS = (
-    MergeMethod(
-        name="nuslerp",
-        params=(Param("weight", per_model=True), Param("nuslerp_row_wise", False, kind=bool),
-                Param("nuslerp_flatten", True, kind=bool)),
-        merge=nuslerp,
-        base="optional",
-        whole_tensor=lambda p, mp: True,  # norms over the tensor, its rows or its columns
-        description="spherical interpolation of two models (or task vectors) at t = w_1 / (w_0 + w_1)",
-    ),
-)
+IMPLEMENTS = {
+    "nuslerp": Implementation(nuslerp, whole_tensor=lambda p, mp: True),  # norms over the tensor, its rows or columns
+}

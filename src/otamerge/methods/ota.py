@@ -34,12 +34,9 @@ from typing import Any
 
 import torch
 
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import Implementation, TensorInputs
 from otamerge.methods.sparsify import top_k_mask
 from otamerge.curvature.moments import rank1, rank_r
-
-MODES = ("precond", "linear", "ties")
-
 
 def _moment(v: torch.Tensor, mp: dict[str, Any], name: str) -> torch.Tensor:
     if mp["rank1_approx"]:
@@ -190,32 +187,4 @@ def _whole_tensor(p: dict[str, Any], model_params: list[dict[str, Any]]) -> bool
             or any(mp["rank1_approx"] or mp["rank"] for mp in model_params))
 
 
-METHODS = (
-    MergeMethod(
-        name="ota",
-        params=(
-            Param("preconditioner_path", per_model=True, kind=str),
-            Param("precond_threshold", None, per_model=True),
-            Param("scaling_factor", 1.0, per_model=True),
-            Param("rank1_approx", False, per_model=True, kind=bool),
-            Param("rank", None, per_model=True, kind=int),
-            # accepted and unused, as in the paper's fork: its OTA never reads `weight` (the
-            # configs call it a fallback, but a preconditioner that fails to load is an error)
-            Param("weight", 1.0, per_model=True),
-            Param("epsilon", 1e-8),
-            Param("power", 0.5),
-            Param("normalise", "none", kind=str, choices=("none", "global")),
-            Param("fallback_to_base", False, kind=bool),
-            Param("rescale", False, kind=bool),
-            Param("approximate_norm", False, kind=bool),
-            Param("rescale_relative_threshold", 1e-6),
-            Param("masked_task_vector_merge_method", "precond", kind=str, choices=MODES),
-            Param("ties_density", None),
-        ),
-        merge=ota,
-        base="optional",
-        moments=lambda p, mp: True,
-        whole_tensor=_whole_tensor,
-        description="curvature-weighted merge with FFG masks (OTA+FFG)",
-    ),
-)
+IMPLEMENTS = {"ota": Implementation(ota, whole_tensor=_whole_tensor)}

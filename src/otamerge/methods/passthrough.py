@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from otamerge.errors import OtaMergeError
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import Implementation, TensorInputs
 
 
 def passthrough(inputs: TensorInputs) -> torch.Tensor:
@@ -15,12 +15,4 @@ def passthrough(inputs: TensorInputs) -> torch.Tensor:
     return inputs.models[0] if scale is None else inputs.models[0] * scale
 
 
-METHODS = (
-    MergeMethod(
-        name="passthrough",
-        params=(Param("scale", None, per_model=True),),
-        merge=passthrough,
-        base="ignored",
-        description="one model's tensors as they are, or times its scale",
-    ),
-)
+IMPLEMENTS = {"passthrough": Implementation(passthrough)}

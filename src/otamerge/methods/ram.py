@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import Implementation, TensorInputs
 
 
 def _masked(inputs: TensorInputs):
@@ -48,20 +48,8 @@ def ramplus_tl(inputs: TensorInputs) -> torch.Tensor:
     return inputs.base + merged.reshape_as(inputs.base)
 
 
-METHODS = (
-    MergeMethod(
-        name="ram",
-        params=(Param("epsilon", 1e-5),),
-        merge=ram,
-        base="required",
-        description="entries one model changes taken whole, entries several change averaged over them (RAM)",
-    ),
-    MergeMethod(
-        name="ramplus_tl",
-        params=(Param("r", 0.1), Param("alpha", 0.2), Param("epsilon", 1e-5)),
-        merge=ramplus_tl,
-        base="required",
-        whole_tensor=lambda p, mp: True,  # each model's shared and unique entries counted over the tensor
-        description="RAM with each model's unique entries scaled up by how much it shares (RAM+, tensor-local)",
-    ),
-)
+IMPLEMENTS = {
+    "ram": Implementation(ram),
+    # each model's shared and unique entries counted over the tensor
+    "ramplus_tl": Implementation(ramplus_tl, whole_tensor=lambda p, mp: True),
+}

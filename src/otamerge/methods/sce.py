@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from otamerge.methods.base import MergeMethod, Param, TensorInputs
+from otamerge.methods.base import Implementation, TensorInputs
 from otamerge.methods.sparsify import RADIX_CHUNK, top_k_mask
 from otamerge.methods.consensus import agreeing
 
@@ -67,17 +67,4 @@ def sce(inputs: TensorInputs) -> torch.Tensor:
     return merged.div_(divisor.clamp_(min=1e-6)).add_(base)
 
 
-METHODS = (
-    MergeMethod(
-        name="sce",
-        params=(
-            Param("select_topk", 1.0),
-            Param("int8_mask", False, kind=bool),  # accepted for mergekit configs; masks are exact anyway
-            Param("weight", 1.0, per_model=True),  # accepted and unused, as by mergekit 0.1.5
-            Param("density", 1.0, per_model=True),  # accepted and unused, as by mergekit 0.1.5
-        ),
-        merge=sce,
-        whole_tensor=lambda p, mp: True,  # variance top-k and mean squares over the whole tensor
-        description="top-variance selection, mean-square weights, sign election",
-    ),
-)
+IMPLEMENTS = {"sce": Implementation(sce, whole_tensor=lambda p, mp: True)}  # variance top-k over the tensor

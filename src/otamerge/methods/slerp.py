@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from otamerge.methods.base import MergeMethod, Param, TensorInputs, base_and_one_other
+from otamerge.methods.base import Implementation, TensorInputs, base_and_one_other
 
 _BLOCK = 1 << 20  # entries of one block
 
@@ -49,13 +49,4 @@ def slerp(inputs: TensorInputs) -> torch.Tensor:
     return (coef_a * a + coef_b * b).reshape(base.shape)
 
 
-METHODS = (
-    MergeMethod(
-        name="slerp",
-        params=(Param("t"), Param("dot_threshold", 0.9995), Param("eps", 1e-8)),
-        merge=slerp,
-        base="required",
-        whole_tensor=lambda p, mp: True,  # norms and the dot product over the whole tensor
-        description="spherical interpolation of the base and one other model, tensor by tensor",
-    ),
-)
+IMPLEMENTS = {"slerp": Implementation(slerp, whole_tensor=lambda p, mp: True)}  # norms and the dot product

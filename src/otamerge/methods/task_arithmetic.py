@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from otamerge.methods import sparsify, streamed
-from otamerge.methods.base import MergeMethod, Param, TensorInputs, compute_dtype
+from otamerge.methods.base import Implementation, TensorInputs, compute_dtype
+from otamerge.methods.catalog import sparsifies
 from otamerge.methods.consensus import combine
 from otamerge.methods.sparsify import importance, model_generator
 
@@ -69,59 +70,18 @@ def task_arithmetic_family(sparsification: str | None, consensus: bool):
     return merge
 
 
-def _sparsifies(params: dict[str, Any], model_params: list[dict[str, Any]]) -> bool:
-    return any(p.get("density", 1.0) < 1 for p in model_params)
+def _whole_tensor(params: dict[str, Any], model_params: list[dict[str, Any]]) -> bool:
+    return sparsifies(model_params)
 
 
-_COMMON = (
-    Param("weight", per_model=True),
-    Param("density", 1.0, per_model=True),
-    Param("int8_mask", False, kind=bool),  # accepted for mergekit configs; masks are exact anyway
-    Param("lambda", 1.0),
-)
-
-
-TRIM_BY = ("magnitude", "fisher", "sparsegpt")
-# trimming by curvature: per model, its exp_avg_sq (fisher) or the base's OBS importance file
-_TRIM = (Param("trim_by", "magnitude", kind=str, choices=TRIM_BY),
-         Param("preconditioner_path", None, per_model=True, kind=str))
-
-
-def _trims_by_curvature(params: dict[str, Any], model_params: list[dict[str, Any]]) -> bool:
-    return params.get("trim_by", "magnitude") != "magnitude" and _sparsifies(params, model_params)
-
-
-def _method(name: str, sparsification: str | None, consensus: bool, normalize: bool, rescale: bool,
-            description: str, extra: tuple[Param, ...] = ()) -> MergeMethod:
-    ranked = sparsification in ("magnitude", "breadcrumbs")  # DARE drops at random: nothing to rank
-    return MergeMethod(
-        name=name,
-        params=_COMMON + (Param("normalize", normalize, kind=bool), Param("rescale", rescale, kind=bool)) + extra
-        + (_TRIM if ranked else ()),
-        merge=task_arithmetic_family(sparsification, consensus),
-        moments=_trims_by_curvature if ranked else (lambda p, mp: False),
-        whole_tensor=_sparsifies if sparsification else (lambda p, mp: False),
-        stored_inputs=True,
-        description=description,
-    )
-
-
-# breadcrumbs_compat: fork reproduces the paper's fork, which resets to the base every tensor
-# with int(gamma * n) == 0 (sparsify.breadcrumbs); mergekit 0.1.5's definition is the default
-_GAMMA = (Param("gamma", 0.01, per_model=True),
-          Param("breadcrumbs_compat", "mergekit", kind=str, choices=("mergekit", "fork")))
-
-# DELLA: keep probabilities from density - epsilon (smallest |delta| of a row) to density + epsilon
-_EPSILON = (Param("epsilon", 0.15, per_model=True),)
-
-METHODS = (
-    _method("task_arithmetic", None, False, False, False, "base + sum of weighted task vectors"),
-    _method("ties", "magnitude", True, True, False, "top-k by magnitude, sign election, disjoint mean"),
-    _method("dare_ties", "random", True, False, True, "random drop with L1 rescale, sign election"),
-    _method("dare_linear", "random", False, False, True, "random drop with L1 rescale"),
-    _method("breadcrumbs", "breadcrumbs", False, False, False, "drop outliers and small entries", _GAMMA),
-    _method("breadcrumbs_ties", "breadcrumbs", True, False, False,
-            "breadcrumbs then sign election", _GAMMA),
-    _method("della", "della", True, True, True, "magnitude-ranked random drop (MAGPRUNE), sign election", _EPSILON),
-    _method("della_linear", "della", False, False, True, "magnitude-ranked random drop (MAGPRUNE)", _EPSILON),
-)
+# name -> (sparsification, sign consensus)
+_FAMILY = {
+    "task_arithmetic": (None, False), "ties": ("magnitude", True), "dare_ties": ("random", True),
+    "dare_linear": ("random", False), "breadcrumbs": ("breadcrumbs", False), "breadcrumbs_ties": ("breadcrumbs", True),
+    "della": ("della", True), "della_linear": ("della", False),
+}
+IMPLEMENTS = {
+    name: Implementation(task_arithmetic_family(kind, consensus),
+                         whole_tensor=_whole_tensor if kind else (lambda p, mp: False), stored_inputs=True)
+    for name, (kind, consensus) in _FAMILY.items()
+}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from otamerge.errors import OtaMergeError
-from otamerge.workflow.methods import METHODS
+from otamerge.methods.catalog import CATALOG
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,7 +28,7 @@ def moments_kind(spec: dict[str, Any]) -> str | None:
     the rank-1 moments its masks come from), the base's OBS importance (trim_by sparsegpt:
     ``sparsegpt``), or None."""
     trim = (spec.get("parameters") or {}).get("trim_by", "magnitude")
-    reads = METHODS[spec["method"]].curvature
+    reads = CATALOG[spec["method"]].curvature
     if reads == "always" or (reads == "trim_by" and trim == "fisher"):
         return spec.get("moments") or (FFG_METRICS[spec["ffg"]][1] if spec.get("ffg") else "full")
     return "sparsegpt" if reads == "trim_by" and trim == "sparsegpt" else None
@@ -60,7 +60,7 @@ def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
                            "tokenizer_source": spec.get("tokenizer_source", "base")}
     if spec.get("dtype"):  # else the models' stored dtype (arithmetic is fp32 either way)
         cfg["dtype"] = spec["dtype"]
-    if spec.get("base", True) and METHODS[spec["method"]].base != "ignored":
+    if spec.get("base", True) and CATALOG[spec["method"]].base != "ignored":
         cfg["base_model"] = base_dir
     elif cfg["tokenizer_source"] == "base":  # no base: the first expert's tokenizer
         cfg["tokenizer_source"] = models[0]["model"]

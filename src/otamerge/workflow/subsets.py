@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from otamerge.ffg.densities import density_label
 from otamerge.workflow.merge_specs import FFG_METRICS
-from otamerge.workflow.methods import METHODS
+from otamerge.methods.catalog import CATALOG
 
 ALL = "all"  # the subset column of a merge of every expert it is configured with
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -120,8 +120,8 @@ def _density_points(name: str, spec: dict[str, Any], sweep: Sequence[str]) -> li
     unswept = [d for d in labels if d not in sweep]
     if spec.get("ffg") and unswept:
         raise ValueError(f"merges.{name}.densities: {', '.join(unswept)} not in ffg.densities ({', '.join(sweep)})")
-    if not spec.get("ffg") and "density" not in METHODS[spec["method"]].per_model:
-        takers = ", ".join(m for m, t in METHODS.items() if "density" in t.per_model)
+    if not spec.get("ffg") and "density" not in CATALOG[spec["method"]].per_model:
+        takers = ", ".join(m for m, t in CATALOG.items() if "density" in t.per_model)
         raise ValueError(f"merges.{name}.densities: method {spec['method']} has no density (an FFG merge or "
                          f"{takers} can sweep one)")
     base = {k: v for k, v in spec.items() if k != "densities"}
