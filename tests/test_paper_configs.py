@@ -26,8 +26,9 @@ def fam(tmp_path_factory):
 
 
 def _config(fam, src: Path, tmp_path: Path, **override) -> Path:
-    text = src.read_text().replace("FAMILY", str(fam["base"].parent))
-    raw = yaml.safe_load(text) | override
+    family = str(fam["base"].parent)
+    raw = yaml.safe_load(src.read_text().replace("FAMILY", family)) | yaml.safe_load(
+        yaml.safe_dump(override).replace("FAMILY", family))
     out = tmp_path / src.name
     out.write_text(yaml.safe_dump(raw))
     return out
@@ -65,10 +66,11 @@ def test_ffg_config_is_the_graft_otamerge_ffg_writes(fam, tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"parameters": {"metric": "fisher"}}, "needs a density"),
-    ({"parameters": {"density": 0.3, "gamma": 1}}, "merge_method ffg takes density, metric"),
+    ({"parameters": {"metric": "fisher"}}, "ffg needs parameter 'density'"),
+    ({"parameters": {"density": 0.3, "gamma": 1}}, r"unknown parameter 'gamma' for merge_method ffg \(known: density, metric"),
     ({"parameters": {"density": 1.5}}, "outside"),
-    ({"parameters": {"density": 0.3, "metric": "taylor"}}, "unknown FFG metric"),
+    ({"parameters": {"density": 0.3, "metric": "taylor"}}, "metric='taylor' is not one of fisher, magnitude, sparsegpt"),
+    ({"models": [{"model": "FAMILY/expert0"}, {"model": "FAMILY/expert1"}]}, "grafts one expert; models lists 2"),
 ])
 def test_ffg_config_refuses_bad_values_and_writes_nothing(fam, tmp_path, bad, message):
     src = next(c for c in CONFIGS if c.name == "FFG__ffg_fisher_coding.yml")

@@ -190,7 +190,7 @@ def _cmd_download(args: argparse.Namespace) -> None:
 
 
 def _cmd_card(args: argparse.Namespace) -> None:
-    from otamerge.io.model_card import write_card
+    from otamerge.merge import write_card
 
     out = write_card(args.model_dir, args.out, args.thresholds, args.scores or (), args.title)
     print(f"model card written to {out}")

@@ -12,25 +12,27 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import yaml
 from tqdm import tqdm
 
-from otamerge.io.atomic import atomic_dir, check_space
+from otamerge.io.atomic import atomic_dir, atomic_file, check_space
 from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.io.malloc import keep_freed_memory
 from otamerge.io.readahead import ChunkRead, ReadAhead
-from otamerge.config import MergeConfig
+from otamerge.config import MergeConfig, parse_config, read_config
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.io.lora import open_model
 from otamerge.methods.base import Implementation, TensorInputs, compute_dtype
+from otamerge.methods.catalog import GRAFT
 from otamerge.methods.registry import implementation
 from otamerge.io.model_config import read_model_config
 from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.io.resolve import resolve_model, resolve_preconditioner
-from otamerge.io.model_card import CARD, card_text
+from otamerge.io.model_card import CARD, read_choices, read_scores, render, sources
 from otamerge.io.tokenizer_source import TokenizerPlan, plan_tokenizer
 from otamerge.io.writer import ShardedWriter, TensorPlan
 
@@ -78,7 +80,8 @@ def make_plan(cfg: MergeConfig) -> Plan:
         else:
             moments.append(None)
     # (tokenizer_source union over different vocabularies re-indexes the embedding rows)
-    tokenizer, base, models = plan_tokenizer(cfg, base, models, moments)
+    refs = ([cfg.base] if base else []) + [spec.ref for spec in cfg.models]
+    tokenizer, base, models = plan_tokenizer(cfg.tokenizer_source, refs, base, models, moments)
     reference = base or models[0]
     names = reference.names()
     for ckpt in models:
@@ -214,15 +217,50 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
         (tmp / CARD).write_text(card_text(cfg))
 
 
-def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
-    from otamerge.config import parse_config, read_config
-    from otamerge.ffg.paper_config import run_ffg_config
+def graft_file(cfg: MergeConfig, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
+    """``merge_method: ffg`` (the paper's configs/FFG): the graft ``otamerge ffg`` writes at the
+    config's density, with statistics.json. A graft copies each entry from the expert or the
+    base, so ``dtype`` and ``tokenizer_source`` change nothing (one expert: one vocabulary)."""
+    from otamerge.ffg.graft import FfgOptions, ffg_graft
 
-    raw = read_config(config_path)  # read once: its merge_method says which engine runs it
+    (expert,) = cfg.models
+    folder = resolve_model(expert.ref)
+    path = expert.params["preconditioner_path"]
+    moments = resolve_preconditioner(path, folder, expert.ref) if path else None
+    density = cfg.params["density"]
+    graft_opts = FfgOptions(chunk_bytes=opts.chunk_bytes, out_shard_bytes=opts.out_shard_bytes,
+                            progress=opts.progress, device=opts.device)
+    return ffg_graft(resolve_model(cfg.base), folder, moments, {density: Path(out_dir)}, cfg.params["metric"],
+                     graft_opts)[density]
+
+
+def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
+    raw = read_config(config_path)
     try:
-        if isinstance(raw, dict) and raw.get("merge_method") == "ffg":  # the paper's configs/FFG: one graft
-            return run_ffg_config(raw, out_dir, opts.device, opts.chunk_bytes, opts.out_shard_bytes, opts.progress)
         cfg = parse_config(raw)
+        if cfg.method is GRAFT and len(cfg.models) != 1:
+            raise OtaMergeError(f"merge_method ffg grafts one expert; models lists {len(cfg.models)} besides the base")
     except OtaMergeError as exc:
         raise OtaMergeError(f"{config_path}: {exc}") from None
-    return run_merge(cfg, out_dir, opts)
+    return (graft_file if cfg.method is GRAFT else run_merge)(cfg, out_dir, opts)
+
+
+def card_text(cfg: MergeConfig, choices: list[dict] | None = None, scores: list[dict] | None = None,
+              title: str | None = None) -> str:
+    """The card of a merge by its parsed config: the base and models as the merge read them."""
+    return render(cfg.raw, sources(cfg.base, [m.ref for m in cfg.models]), choices, scores, title)
+
+
+def write_card(model_dir: str | Path, out: str | Path | None = None, choices: str | Path | None = None,
+               score_files: Iterable[str | Path] = (), title: str | None = None) -> Path:
+    """Write the card of the merged model in ``model_dir`` (its merge_config.yml) to
+    ``out`` (default: the model's own README.md)."""
+    model_dir = Path(model_dir)
+    config = model_dir / "merge_config.yml"
+    if not config.is_file():
+        raise OtaMergeError(f"{model_dir}: no merge_config.yml (not a merged model folder)")
+    text = card_text(parse_config(read_config(config)), read_choices(choices), read_scores(score_files), title)
+    out = Path(out) if out else model_dir / CARD
+    with atomic_file(out) as fh:
+        fh.write(text)
+    return out

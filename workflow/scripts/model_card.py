@@ -1,4 +1,4 @@
-from otamerge.io.model_card import write_card
+from otamerge.merge import write_card
 from otamerge.logs import job
 
 with job(snakemake.log[0]):

@@ -28,13 +28,13 @@ from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.ffg.densities import STATISTICS, check_density, density_label
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
+from otamerge.ffg import SALIENCIES
 from otamerge.io.lora import is_adapter, open_model
 from otamerge.curvature.moments import OBS_KIND, OPTIMIZER_KEY, Moments, check_full_moments, check_importance_kind
 from otamerge.ffg.threshold import exact_thresholds, keep_count
 from otamerge.io.tokenizer_source import copy_tokenizer
 from otamerge.io.writer import ShardedWriter, TensorPlan
 
-METRICS = ("fisher", "magnitude", "sparsegpt")
 IMPORTANCE_FILE = {"fisher": "moments file", "sparsegpt": "OBS importance file (otamerge importance)"}
 
 
@@ -82,8 +82,8 @@ class _Inputs:
 
 
 def _open(base_dir: Path, expert_dir: Path, moments_path: Path | None, metric: str, device: str) -> _Inputs:
-    if metric not in METRICS:
-        raise OtaMergeError(f"unknown FFG metric {metric!r}; use {', '.join(METRICS)}")
+    if metric not in SALIENCIES:
+        raise OtaMergeError(f"unknown FFG metric {metric!r}; use {', '.join(SALIENCIES)}")
     dev = pick_device(device)
     base = Checkpoint(base_dir, f"base model {base_dir}")
     expert = open_model(expert_dir, f"expert {expert_dir}", base)

@@ -14,16 +14,12 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import yaml
 
 from otamerge.errors import OtaMergeError
-from otamerge.io.atomic import atomic_file
 from otamerge.io.download import MANIFEST
-
-if TYPE_CHECKING:
-    from otamerge.config import MergeConfig
 
 CARD = "README.md"
 
@@ -91,12 +87,6 @@ def render(cfg_raw: dict, models: list[dict], choices: list[dict] | None = None,
     return text
 
 
-def card_text(cfg: "MergeConfig", choices: list[dict] | None = None, scores: list[dict] | None = None,
-              title: str | None = None) -> str:
-    """The card of a merge by its parsed config: the base and models as the merge read them."""
-    return render(cfg.raw, sources(cfg.base, [m.ref for m in cfg.models]), choices, scores, title)
-
-
 def read_choices(path: str | Path | None) -> list[dict]:
     """Rows of a merge's thresholds.csv (empty for a merge without FFG masks)."""
     if not path or not Path(path).is_file():
@@ -107,21 +97,3 @@ def read_choices(path: str | Path | None) -> list[dict]:
 
 def read_scores(paths: Iterable[str | Path]) -> list[dict]:
     return [row for p in paths for row in json.loads(Path(p).read_text())]
-
-
-def write_card(model_dir: str | Path, out: str | Path | None = None, choices: str | Path | None = None,
-               score_files: Iterable[str | Path] = (), title: str | None = None) -> Path:
-    """Write the card of the merged model in ``model_dir`` (its merge_config.yml) to
-    ``out`` (default: the model's own README.md)."""
-    model_dir = Path(model_dir)
-    config = model_dir / "merge_config.yml"
-    if not config.is_file():
-        raise OtaMergeError(f"{model_dir}: no merge_config.yml (not a merged model folder)")
-    from otamerge.config import parse_config  # the one reading of a merge config: which is the base
-
-    cfg = parse_config(yaml.safe_load(config.read_text()))
-    text = card_text(cfg, read_choices(choices), read_scores(score_files), title)
-    out = Path(out) if out else model_dir / CARD
-    with atomic_file(out) as fh:
-        fh.write(text)
-    return out

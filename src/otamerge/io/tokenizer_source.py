@@ -15,13 +15,10 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from otamerge.errors import OtaMergeError
 from otamerge.io.vocab_union import AlignedCheckpoint, align, load_tokenizer, union_tokenizer, vocab_tensors
-
-if TYPE_CHECKING:
-    from otamerge.config import MergeConfig
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
@@ -67,11 +64,13 @@ class TokenizerPlan:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def plan_tokenizer(cfg: "MergeConfig", base: Any, models: list[Any],
+def plan_tokenizer(source: str | None, refs: list[str], base: Any, models: list[Any],
                    moments: list[Any]) -> tuple[TokenizerPlan, Any, list[Any]]:
     """The tokenizer plan, and the inputs (base, models): re-indexed into the union
-    vocabulary where ``union`` finds vocabularies that differ, else as they are."""
-    source = cfg.tokenizer_source or "base"
+    vocabulary where ``union`` finds vocabularies that differ, else as they are. ``source``
+    is the config's tokenizer_source; ``refs`` name the base (if any) and the models as the
+    config does."""
+    source = source or "base"
     ckpts = ([base] if base else []) + list(models)
     if source == "union":
         tok, ckpts = _union(ckpts, base is not None, moments)
@@ -79,7 +78,6 @@ def plan_tokenizer(cfg: "MergeConfig", base: Any, models: list[Any],
     if source == "base":
         folder = ckpts[0].path
     else:
-        refs = ([cfg.base] if base else []) + [spec.ref for spec in cfg.models]
         matches = [c.path for ref, c in zip(refs, ckpts) if source in (ref, str(c.path))]
         if not matches:
             raise OtaMergeError(f"tokenizer_source {source!r} is not base, union or one of the merged models")

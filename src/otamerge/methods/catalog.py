@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otamerge.errors import OtaMergeError
+from otamerge.ffg import SALIENCIES
 
 REQUIRED = object()
 
@@ -151,9 +152,18 @@ _SPECS = (
 )
 CATALOG: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
 
+# ``merge_method: ffg``, the paper's configs/FFG: not a merge but one expert grafted onto the
+# base at a density, exactly the graft ``otamerge ffg`` writes (merge.merge_file runs it)
+GRAFT = MethodSpec("ffg", (Param("density"), Param("metric", "fisher", kind=str, choices=SALIENCIES),
+                           Param("preconditioner_path", None, per_model=True, kind=str)),
+                   description="one expert grafted onto the base at a density (Fast Fisher Grafting)")
+
 
 def method_spec(name: str) -> MethodSpec:
+    if name == GRAFT.name:
+        return GRAFT
     try:
         return CATALOG[name]
     except KeyError:
-        raise OtaMergeError(f"unknown merge_method {name!r}; known: {', '.join(sorted(CATALOG))}") from None
+        raise OtaMergeError(f"unknown merge_method {name!r}; known: {', '.join(sorted(CATALOG))}, "
+                            f"{GRAFT.name}") from None
