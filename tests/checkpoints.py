@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from otamerge.demo.tokenizer import build_tokenizer
 
-from otamerge.curvature import EXPORTED_MOMENTS as MOMENTS
+from otamerge.names import EXPORTED_MOMENTS as MOMENTS
 
 
 def make_family(root: Path, n_experts: int = 3, seed: int = 0, dtype: torch.dtype = torch.float32,

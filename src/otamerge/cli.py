@@ -106,13 +106,14 @@ def _cmd_extract_lora(args: argparse.Namespace) -> None:
 
 def _cmd_ffg(args: argparse.Namespace) -> None:
     from otamerge.ffg.graft import FfgOptions, ffg_sweep
+    from otamerge.names import STATISTICS
 
     opts = FfgOptions(chunk_bytes=int(args.chunk_mb * (1 << 20)),
                       out_shard_bytes=int(args.out_shard_size * (1 << 30)), progress=not args.quiet,
                       device=args.device)
     out = ffg_sweep(args.base, args.expert, args.moments, args.density, args.metric, args.out_dir, opts)
     for d, folder in out.items():
-        stats = json.loads((folder / "statistics.json").read_text())
+        stats = json.loads((folder / STATISTICS).read_text())
         print(f"density {d:g}: threshold {stats['threshold']:.6g}, kept {stats['kept']} of {stats['total']} "
               f"({stats['achieved_density']:.6f}) -> {folder}")
 
@@ -128,7 +129,7 @@ def _cmd_compress(args: argparse.Namespace) -> None:
         if src.suffix in OPTIMIZER_SUFFIXES or src.is_dir():  # a .pt file or a sharded checkpoint folder
             if not args.model:
                 raise OtaMergeError(f"{src}: an optimizer state needs --model DIR to name its parameters")
-            src = Path(tmp) / "exp_avg_sq.safetensors"
+            src = Path(tmp) / "converted.safetensors"  # a scratch file, gone with tmp
             convert(args.input, args.model, src)
         mom = Moments(src, f"moments {args.input}")
         names = mom.parameters()

@@ -29,10 +29,11 @@ from otamerge.io.lora import open_model
 from otamerge.methods.base import Implementation, TensorInputs, compute_dtype
 from otamerge.methods.catalog import GRAFT
 from otamerge.methods.registry import implementation
+from otamerge.names import CARD, MERGE_CONFIG
 from otamerge.io.model_config import read_model_config
 from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.io.resolve import resolve_model, resolve_preconditioner
-from otamerge.io.model_card import CARD, read_choices, read_scores, render, sources
+from otamerge.io.model_card import read_choices, read_scores, render, sources
 from otamerge.io.tokenizer_source import TokenizerPlan, plan_tokenizer
 from otamerge.io.writer import ShardedWriter, TensorPlan
 
@@ -212,7 +213,7 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
         writer.close()
         _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
         plan.tokenizer.write(tmp)
-        (tmp / "merge_config.yml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+        (tmp / MERGE_CONFIG).write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
         # like mergekit's, every merged folder has a card
         (tmp / CARD).write_text(card_text(cfg))
 
@@ -256,7 +257,7 @@ def write_card(model_dir: str | Path, out: str | Path | None = None, choices: st
     """Write the card of the merged model in ``model_dir`` (its merge_config.yml) to
     ``out`` (default: the model's own README.md)."""
     model_dir = Path(model_dir)
-    config = model_dir / "merge_config.yml"
+    config = model_dir / MERGE_CONFIG
     if not config.is_file():
         raise OtaMergeError(f"{model_dir}: no merge_config.yml (not a merged model folder)")
     text = card_text(parse_config(read_config(config)), read_choices(choices), read_scores(score_files), title)

@@ -22,7 +22,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from otamerge.demo.settings import TrainSettings
 from otamerge.demo.tasks import TASKS, Example, eval_set, train_sampler
-from otamerge.curvature import EXPORTED_MOMENTS as MOMENTS_FILE
+from otamerge.names import EXPORTED_MOMENTS as MOMENTS_FILE
 from otamerge.curvature.moments import OPTIMIZER_KEY
 
 

@@ -9,8 +9,6 @@ import math
 
 from otamerge.errors import OtaMergeError
 
-STATISTICS = "statistics.json"  # beside each graft: its threshold, counts and per-tensor statistics
-
 
 def density_label(density: float) -> str:
     """One spelling per density (0.1 and 0.10 are one sweep point)."""

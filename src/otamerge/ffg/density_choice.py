@@ -17,7 +17,7 @@ from typing import Any
 
 from otamerge.errors import OtaMergeError
 from otamerge.ffg.densities import check_density
-from otamerge.ffg.densities import STATISTICS
+from otamerge.names import STATISTICS
 
 
 def read_statistics(path: str | Path) -> dict:

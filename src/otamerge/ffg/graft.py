@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from otamerge.io.atomic import atomic_dir, check_space, write_json
 from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
-from otamerge.ffg.densities import STATISTICS, check_density, density_label
+from otamerge.ffg.densities import check_density, density_label
+from otamerge.names import STATISTICS
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.ffg import SALIENCIES

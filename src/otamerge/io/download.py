@@ -20,9 +20,8 @@ from pathlib import Path
 from otamerge.io.atomic import check_space, write_json
 from otamerge.errors import OtaMergeError
 from otamerge.io.resolve import safe_relative, split_hub_path
+from otamerge.names import MANIFEST, PRECONDITIONER
 
-MANIFEST = "manifest.json"
-PRECONDITIONER = "preconditioner"  # + the source's suffix: where the moments land in the folder
 OPTIMIZER_SUFFIXES = (".pt", ".pth", ".bin")  # a torch optimizer state, converted to safetensors here
 NEEDED = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
           "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",

@@ -19,9 +19,7 @@ from typing import Iterable, Sequence
 import yaml
 
 from otamerge.errors import OtaMergeError
-from otamerge.io.download import MANIFEST
-
-CARD = "README.md"
+from otamerge.names import MANIFEST
 
 
 def sources(base: str | None, models: Sequence[str]) -> list[dict]:

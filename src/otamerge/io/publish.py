@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from otamerge.errors import OtaMergeError
-from otamerge.io.model_card import CARD
+from otamerge.names import CARD
 
 
 def push(model_dir: str | Path, repo_id: str, card: str | Path | None = None, private: bool = True,

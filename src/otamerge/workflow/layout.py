@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from otamerge.ffg.densities import STATISTICS
+from otamerge.names import MERGE_CONFIG, PRECONDITIONER, STATISTICS
 
 Seed = int | str  # a seed, or a Snakemake wildcard standing for one
 
@@ -25,7 +25,6 @@ SUMMARY = f"{RESULTS}/summary"
 PLOTS = f"{RESULTS}/plots"
 LOGS = "logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
-PRECONDITIONER = "preconditioner.safetensors"  # inside a downloaded expert's folder
 
 _SEED_ROOT = re.compile(rf"(?:^|/){RESULTS}/seed(\d+)/")
 
@@ -95,7 +94,7 @@ def graft_statistics(graft_folder: str | Path) -> Path:
 
 def preconditioner(model_folder: str | Path) -> str:
     """The downloaded moments inside an expert's folder."""
-    return f"{Path(model_folder).as_posix()}/{PRECONDITIONER}"
+    return f"{Path(model_folder).as_posix()}/{PRECONDITIONER}.safetensors"
 
 
 def moments_path(seed: Seed, expert: str, kind: str) -> str:
@@ -151,7 +150,7 @@ def merge_dir(seed: Seed, merge: str) -> str:
 
 
 def merge_config(seed: Seed, merge: str) -> str:
-    return f"{merge_dir(seed, merge)}/merge_config.yml"
+    return f"{merge_dir(seed, merge)}/{MERGE_CONFIG}"
 
 
 def merge_thresholds(seed: Seed, merge: str) -> str:

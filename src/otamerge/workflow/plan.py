@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from otamerge.curvature import EXPORTED_MOMENTS
+from otamerge.names import EXPORTED_MOMENTS
 from otamerge.ffg.densities import density_label
 from otamerge.workflow import layout
 from otamerge.workflow.claims import CLAIM_MERGES
