@@ -12,6 +12,7 @@ from snakemake.utils import validate
 from conftest import REPO, default_config
 from otamerge.workflow import layout
 from otamerge.workflow.plan import Plan
+from otamerge.workflow.targets import final_output
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 
@@ -44,7 +45,7 @@ def test_the_default_run():
     assert "ota_ffg" in p.ffg_merges and not any("@" in m for m in p.ffg_merges)
     assert p.fisher_needed == sorted(p.experts)  # merge fisher weighs with every expert's empirical Fisher
     assert p.size_b == 0.0003 and p.gpus == 0 and p.bias_correction is False  # schema defaults where unset
-    out = p.final_output()
+    out = final_output(p)
     assert layout.summary("claims.md") in out and layout.summary("merge_choice.md") in out
     assert layout.merged_model(0, "ota_ffg@0.1") in out and len(out) == len(set(out))
 

@@ -7,6 +7,7 @@ from otamerge.demo.settings import base_data, expert_config
 from otamerge.workflow import layout
 from otamerge.workflow.merge_specs import FFG_METRICS
 from otamerge.workflow.plan import Plan
+from otamerge.workflow.targets import final_output
 
 
 # the schema's defaults are filled in here, before anything reads the config
@@ -82,4 +83,4 @@ def get_merge_config_params(wildcards):
 
 
 def get_final_output():
-    return PLAN.final_output()
+    return final_output(PLAN)

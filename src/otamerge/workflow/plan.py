@@ -16,14 +16,13 @@ from typing import Any, Mapping
 from otamerge.names import EXPORTED_MOMENTS
 from otamerge.ffg.densities import density_label
 from otamerge.workflow import layout
+from otamerge.workflow.checks import check_plan
 from otamerge.workflow.claims import CLAIM_MERGES
 from otamerge.workflow.merge_specs import FFG_METRICS, moments_kind
 from otamerge.workflow.publish import lora_merges, publish_repos
 from otamerge.workflow.seeds import config_seeds
 from otamerge.workflow.subsets import ALL, expand_merges, sweep_points
 
-SUMMARY_TABLES = ["scores.csv", "accuracy.md", "accuracy.json"]
-RETENTION_TABLES = ["retention.md", "retention.csv", "retention_by_size.csv", "retention_by_seed.csv"]
 FAMILY_SECTION = {"tiny": "demo", "pretrained": "pretrained"}
 
 
@@ -91,7 +90,7 @@ class Plan:
         self.ffg_merges = [m for m, spec in self.merges.items() if spec.get("ffg")
                            and self.merge_info[m].subset == ALL and self.merge_info[m].density is None]
         self.claim_merges = {**CLAIM_MERGES, **config.get("claims", {})}  # the merge each claim reads
-        self.check(environ)
+        check_plan(self, environ)
 
     # -- where models and curvature come from ------------------------------------------
 
@@ -278,81 +277,13 @@ class Plan:
 
     def claims_files(self) -> dict[int, dict[str, Any]]:
         """Per seed what the claims job reads: the base, each expert's moments, the candidate grafts."""
+        grafts = self.graft_candidates()
         return {s: {"base": layout.model_dir(s, "base"),
                     "moments": {e: self.moments_file(s, e) for e in self.experts},
-                    "grafts": {g: layout.model_folder(s, g) for g in self.graft_candidates()}} for s in self.seeds}
+                    "grafts": {g: layout.model_folder(s, g) for g in grafts}} for s in self.seeds}
 
     def claims_models(self) -> list[str]:
+        grafts = self.graft_candidates()
         return [f for s in self.seeds for f in [layout.model_dir(s, "base"),
                                                 *(self.moments_input(s, e) for e in self.experts),
-                                                *(layout.model_folder(s, g) for g in self.graft_candidates())]]
-
-    # -- checks and targets ---------------------------------------------------------------------
-
-    def check(self, environ: Mapping[str, str] = os.environ) -> None:
-        """Stop before any job where keys disagree: a chosen importance, backend or curvature
-        source without its settings, an OLMES task's API key missing."""
-        cfg, ev = self.config, self.config["evaluation"]
-        if "olmes" in self.backends:
-            for task, var in ev.get("olmes", {}).get("api_keys", {}).items():
-                if task in self.backend_tasks("olmes") and not environ.get(var):
-                    raise ValueError(f"evaluation task {task} needs the environment variable {var} (an API key)")
-        uses_obs = "sparsegpt" in self.metrics or any(moments_kind(s) == "sparsegpt" for s in self.merges.values())
-        if uses_obs and "sparsegpt" not in cfg:
-            raise ValueError("ffg metric or trim_by sparsegpt needs a sparsegpt section "
-                             "(calibration, samples, seqlen, damping)")
-        # an expert without moments (e.g. a LoRA adapter) only where no job reads them
-        needs = {e for e in self.experts if {"fisher", "fisher_rank1"} & set(self.metrics)}
-        needs |= {e for m, s in self.merges.items() if moments_kind(s) in ("full", "rank1")
-                  for e in self.merge_experts(m)}
-        lacking = sorted(e for e in needs if self.outdir is None and e not in self.fisher_experts
-                         and not cfg["models"]["experts"][e].get("preconditioner"))
-        if lacking:
-            raise ValueError(f"experts {', '.join(lacking)} have no preconditioner, which the fisher FFG metric, "
-                             "OTA and trim_by fisher read (use magnitude or sparsegpt for them, "
-                             "or curvature source empirical_fisher)")
-        if self.fisher_needed and self.outdir is None and "calibration" not in self.curvature:
-            raise ValueError("curvature source empirical_fisher needs curvature.calibration (text) for hub or "
-                             "local experts")
-        mode = cfg["thresholds"]["mode"]
-        if mode == "merge" and not (self.family and "builtin" in self.backends):
-            raise ValueError("thresholds.mode merge chooses on the builtin evaluator's validation prompts of a "
-                             "family the workflow builds (demo or pretrained): add builtin to evaluation.backends")
-        # merge mode: merges without a density sweep choose per expert, as auto
-        auto = mode in ("auto", "merge") and any(s.get("ffg") for s in self.merges.values())
-        if auto and self.threshold_backend not in self.backends:
-            raise ValueError(f"thresholds.backend {self.threshold_backend} chooses the densities but is not in "
-                             "evaluation.backends")
-        if auto and self.threshold_score is None:
-            raise ValueError(f"thresholds.backend {self.threshold_backend} needs thresholds.score: the metric of "
-                             "its score rows that retention applies to (e.g. exact_match)")
-        if "perplexity" in self.backends and not self.perplexity_texts:
-            raise ValueError("evaluation backend perplexity needs evaluation.perplexity.texts")
-        if mode == "fixed":  # every expert of every FFG merge has its density
-            for m, spec in self.merges.items():
-                if spec.get("ffg"):
-                    self.ffg_points(m)
-
-    def final_output(self) -> list[str]:
-        """Every merged model of every seed with the thresholds it was made with and its
-        card, every sweep point, the cross-seed summary tables of the configured backends,
-        the pushed merges (config publish) and the LoRA adapters (config lora)."""
-        seeds, merges = self.seeds, self.merges
-        out = [f for s in seeds for m in merges for f in (layout.merged_model(s, m), layout.merge_thresholds(s, m))]
-        out += [layout.model_folder(s, p) for s in seeds for p in self.sweep_models()]
-        if self.backends:
-            out += [layout.summary(t) for t in SUMMARY_TABLES]
-            if merges:
-                out += [layout.summary(t) for t in RETENTION_TABLES]
-        out += [layout.model_card(s, m) for s in seeds for m in merges]
-        out += [layout.published(s, m) for s, m in self.published]
-        out += [layout.lora_adapter(s, m) for s, m in self.lora]
-        if "builtin" in self.backends:  # the sweep is scored by the builtin evaluator only
-            out += [layout.summary("sweep.md"), layout.summary("thresholds.csv")]
-            if self.ffg_merges:  # the plots show the grafts the first FFG merge chose
-                out += [layout.plot("methods")]
-            if merges:
-                out += [layout.summary("claims.md")]
-            if self.validated:
-                out += [layout.summary("merge_choice.md")]
-        return out
+                                                *(layout.model_folder(s, g) for g in grafts)]]

@@ -1,0 +1,5 @@
+import sys
+
+from otamerge.cli import main
+
+sys.exit(main())
