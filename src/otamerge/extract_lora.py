@@ -88,6 +88,18 @@ def _module_of(tensor: str, kinds: dict[str, str]) -> tuple[str, str]:
     return module, leaf
 
 
+def _adapter_config(base_dir: Path, ranks: dict[str, int], saved: set[str], lora_bias: bool) -> dict:
+    """PEFT's adapter_config.json: the largest rank as ``r``, the others by module; alpha = r
+    (scale 1: B A is the difference itself)."""
+    r = max(ranks.values())
+    other = {m: k for m, k in ranks.items() if k != r}
+    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_dir),
+            "r": r, "lora_alpha": r, "rank_pattern": other, "alpha_pattern": other,
+            "target_modules": sorted({m.rpartition(".")[2] for m in ranks}),
+            "modules_to_save": sorted(saved), "lora_dropout": 0.0, "fan_in_fan_out": False,
+            "use_rslora": False, "lora_bias": lora_bias, "inference_mode": True}
+
+
 def extract_lora(model_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
                  opts: ExtractOptions = ExtractOptions()) -> dict:
     """Write ``out_dir`` (adapter_config.json, adapter_model.safetensors, extraction.json)
@@ -134,14 +146,7 @@ def extract_lora(model_dir: str | Path, base_dir: str | Path, out_dir: str | Pat
         base.close()
     if not ranks:
         raise OtaMergeError(f"{model_dir}: no linear layer keeps a singular value above {opts.sv_epsilon}")
-    r = max(ranks.values())
-    other = {m: k for m, k in ranks.items() if k != r}
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_dir),
-              "r": r, "lora_alpha": r, "rank_pattern": other, "alpha_pattern": other,
-              "target_modules": sorted({m.rpartition(".")[2] for m in ranks}),
-              "modules_to_save": sorted(saved), "lora_dropout": 0.0, "fan_in_fan_out": False,
-              "use_rslora": False, "lora_bias": any(k.endswith(".lora_B.bias") for k in tensors),
-              "inference_mode": True}
+    config = _adapter_config(base_dir, ranks, saved, any(k.endswith(".lora_B.bias") for k in tensors))
     report = {"model": str(model_dir), "base": str(base_dir), "max_rank": opts.rank, "sv_epsilon": opts.sv_epsilon,
               "relative_error": math.sqrt(err2 / norm2) if norm2 else 0.0,
               "adapter_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),

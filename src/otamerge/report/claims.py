@@ -14,12 +14,11 @@ scores on the same metric.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,53 +26,14 @@ import pandas as pd
 from otamerge.ffg.densities import density_label
 from otamerge.io.atomic import atomic_file
 from otamerge.report.intervals import T95, Interval, describe, interval
+from otamerge.report.mask_claims import concentration, curvature_overlap, low_rank, mask_rank_share, mean_overlap
 from otamerge.report.retention import LEADING
-from otamerge.report.sites import layer_of, role_of
+from otamerge.report.verdicts import COLUMNS, Row, above, absent, below, every
 from otamerge.workflow.claims import CLAIM_MERGES
 from otamerge.workflow.layout import graft_name, graft_statistics
 
-HOLDS, FAILS, OPEN, ABSENT = "holds", "does not hold", "not separated", "not measured"
 RANK1_MARGIN = 0.02    # rank-1 moments "keep" OTA+FFG's retention: at most 0.02 below it
 ROBUST_MARGIN = 0.05   # "robust across sparsity": best and worst density within 0.05 of retention
-TOP_FRACTION = 0.01    # curvature overlap: each expert's top 1% of exp_avg_sq entries per matrix
-EARLY_SHARE = 1 / 3    # "early" layers: the first third
-COLUMNS = ["claim", "statement", "measure", "mean", "low", "high", "n_seeds", "interval", "margin", "verdict",
-           "detail"]
-
-
-@dataclass(frozen=True)
-class Row:
-    claim: str
-    statement: str
-    measure: str
-    iv: Interval | None
-    margin: float
-    verdict: str
-    detail: str = ""
-
-    def record(self) -> dict:
-        iv = self.iv or Interval(math.nan, math.nan, math.nan, 0, "none")
-        return {"claim": self.claim, "statement": self.statement, "measure": self.measure, "mean": iv.mean,
-                "low": iv.low, "high": iv.high, "n_seeds": iv.n, "interval": iv.kind, "margin": self.margin,
-                "verdict": self.verdict, "detail": self.detail}
-
-
-def above(iv: Interval, margin: float) -> str:
-    """The claim says the measure exceeds ``margin``."""
-    if iv.kind != T95:
-        return OPEN
-    return HOLDS if iv.low > margin else FAILS if iv.high < margin else OPEN
-
-
-def below(iv: Interval, margin: float) -> str:
-    """The claim says the measure stays under ``margin``."""
-    return {HOLDS: FAILS, FAILS: HOLDS}.get(above(iv, margin), OPEN)
-
-
-def every(verdicts: Iterable[str]) -> str:
-    """A claim made at every point: holds where it holds at each, fails where it fails at one."""
-    v = list(verdicts)
-    return HOLDS if v and all(x == HOLDS for x in v) else FAILS if FAILS in v else OPEN
 
 
 def _cell(iv: Interval) -> str:
@@ -90,10 +50,6 @@ def headline(by_seed: pd.DataFrame) -> pd.DataFrame:
     return sel.pivot_table(index="seed", columns="merge", values="retention", dropna=False)
 
 
-def _absent(claim: str, statement: str, measure: str, why: str) -> Row:
-    return Row(claim, statement, measure, None, math.nan, ABSENT, why)
-
-
 def _missing(wide: pd.DataFrame, merges: Sequence[str]) -> str:
     lacking = [m for m in merges if m not in wide.columns]
     return f"no merge {', '.join(lacking)} in this run" if lacking else ""
@@ -107,7 +63,7 @@ def ordering(wide: pd.DataFrame, m: Mapping[str, str]) -> list[Row]:
         measure = f"retention {m[hi]} - {m[lo]}, paired by seed"
         why = _missing(wide, [m[hi], m[lo]])
         if why:
-            rows.append(_absent(claim, text, measure, why))
+            rows.append(absent(claim, text, measure, why))
             continue
         iv = interval(wide[m[hi]] - wide[m[lo]])
         rows.append(Row(claim, text, measure, iv, 0.0, above(iv, 0.0)))
@@ -120,7 +76,7 @@ def rank1_keeps(wide: pd.DataFrame, m: Mapping[str, str]) -> Row:
     measure = f"retention {m['rank1']} - {m['ota_ffg']}, paired by seed"
     why = _missing(wide, [m["rank1"], m["ota_ffg"]])
     if why:
-        return _absent("c", text, measure, why)
+        return absent("c", text, measure, why)
     iv = interval(wide[m["rank1"]] - wide[m["ota_ffg"]])
     return Row("c", text, measure, iv, -RANK1_MARGIN, above(iv, -RANK1_MARGIN))
 
@@ -140,7 +96,7 @@ def interference(wide: pd.DataFrame, by_seed: pd.DataFrame, m: Mapping[str, str]
     measure = f"retention {m['ota_ffg']}[@density] - {m['ota']}, paired by seed"
     why = _missing(wide, [m["ota"], *points.values()])
     if why:
-        return _absent("f", text, measure, why)
+        return absent("f", text, measure, why)
     ivs = {d: interval(wide[name] - wide[m["ota"]]) for d, name in points.items()}
     detail = "; ".join(f"{d}: {_cell(iv)}" for d, iv in ivs.items())
     worst = min(ivs.values(), key=lambda iv: iv.mean)
@@ -155,7 +111,7 @@ def robustness(wide: pd.DataFrame, by_seed: pd.DataFrame, m: Mapping[str, str]) 
     measure = f"retention of {m['ota_ffg']} at its best density - at its worst, paired by seed"
     points = sweep_points(by_seed, m["ota_ffg"])
     if len(points) < 2:
-        return _absent("g", text, measure, f"{m['ota_ffg']} has no density sweep of 2 or more points "
+        return absent("g", text, measure, f"{m['ota_ffg']} has no density sweep of 2 or more points "
                                            f"(merges.{m['ota_ffg']}.densities)")
     means = {d: wide[name].mean() for d, name in points.items()}
     best, worst = max(means, key=means.get), min(means, key=means.get)
@@ -186,115 +142,17 @@ def grafting(sweep: pd.DataFrame, metric: str) -> list[Row]:
     m2 = "that gap at the smallest density - at the next density, paired by seed"
     if gap.empty:
         why = "the FFG sweep lacks the fisher or the magnitude metric"
-        return [_absent("b1", text1, m1, why), _absent("b2", text2, m2, why)]
+        return [absent("b1", text1, m1, why), absent("b2", text2, m2, why)]
     ivs = {d: interval(gap[d]) for d in gap.columns}
     detail = "; ".join(f"{density_label(d)}: {_cell(iv)}" for d, iv in ivs.items())
     worst = min(ivs.values(), key=lambda iv: iv.mean)
     rows = [Row("b1", text1, m1 + " (the smallest gap shown)", worst, 0.0, every(above(iv, 0.0) for iv in ivs.values()),
                 detail)]
     if len(gap.columns) < 2:
-        return rows + [_absent("b2", text2, m2, "one swept density")]
+        return rows + [absent("b2", text2, m2, "one swept density")]
     iv = interval(gap[gap.columns[0]] - gap[gap.columns[1]])
     return rows + [Row("b2", text2, f"{m2} ({density_label(gap.columns[0])} vs {density_label(gap.columns[1])})",
                        iv, 0.0, above(iv, 0.0))]
-
-
-def early_share(stats: Mapping, n_layers: int) -> tuple[float, float]:
-    """(share of an FFG mask's kept entries, share of all parameters) in the token
-    embeddings and the q and k projections of the first third of the layers."""
-    def early(name: str) -> bool:
-        role, layer = role_of(name), layer_of(name)
-        return role == "embed" or (role in ("q", "k") and layer != "other" and int(layer) < EARLY_SHARE * n_layers)
-    t = stats["tensors"]
-    kept = sum(s["kept"] for s in t.values())
-    total = sum(s["total"] for s in t.values())
-    return (sum(s["kept"] for n, s in t.items() if early(n)) / kept if kept else math.nan,
-            sum(s["total"] for n, s in t.items() if early(n)) / total)
-
-
-def concentration(per_seed_stats: Mapping[int, Mapping[str, Mapping]], n_layers: int) -> Row:
-    """(d2) FFG's masks concentrate in early q/k projections and token embeddings: per
-    seed, the mean over experts of (kept share there) / (parameter share there); above 1."""
-    text = "FFG's masks concentrate in early attention q/k projections and token embeddings"
-    measure = ("kept share / parameter share of token embeddings + q,k of the first third of layers, "
-               "mean over experts at their chosen densities")
-    if not any(per_seed_stats.values()):
-        return _absent("d2", text, measure, "no expert was grafted (every one merged whole, or no FFG merge)")
-    ratios, kept, params = [], [], []
-    for stats in per_seed_stats.values():
-        shares = [early_share(s, n_layers) for s in stats.values()]
-        ratios.append(np.mean([k / p for k, p in shares]) if shares else math.nan)
-        kept += [k for k, _ in shares]
-        params += [p for _, p in shares]
-    iv = interval(ratios)
-    return Row("d2", text, measure, iv, 1.0, above(iv, 1.0),
-               f"kept share {np.mean(kept):.3f} against a parameter share of {np.mean(params):.3f}")
-
-
-def mask_rank_share(base: Callable[[str], np.ndarray], graft: Callable[[str], np.ndarray],
-                    names: Sequence[str], seed: int) -> tuple[float, float]:
-    """(rank of the FFG mask, rank of a random mask with as many entries) over the full
-    rank, mean over the 2-D tensors ``names``; the mask is where the graft differs from
-    the base."""
-    import torch  # only the claims job reads tensors
-
-    rng = np.random.default_rng(seed)
-    ffg, rand = [], []
-    for n in names:
-        mask = base(n) != graft(n)
-        full = min(mask.shape)
-        kept = int(mask.sum())
-        if kept == 0:
-            continue
-        random_mask = np.zeros(mask.size, dtype=bool)
-        random_mask[rng.choice(mask.size, kept, replace=False)] = True
-        for out, m in ((ffg, mask), (rand, random_mask.reshape(mask.shape))):
-            out.append(int(torch.linalg.matrix_rank(torch.from_numpy(m.astype(np.float32)))) / full)
-    return (float(np.mean(ffg)) if ffg else math.nan, float(np.mean(rand)) if rand else math.nan)
-
-
-def low_rank(per_seed_ranks: Mapping[int, Sequence[tuple[float, float]]]) -> Row:
-    """(d1) FFG's masks are low-rank: per seed, the mean over experts of a random mask's
-    rank share minus the FFG mask's (same number of entries per matrix); above 0."""
-    text = "FFG's masks are extremely low-rank"
-    measure = ("rank / full rank of a random mask with as many entries - of the FFG mask, mean over matrices "
-               "and experts")
-    pairs = [p for ranks in per_seed_ranks.values() for p in ranks]
-    if not pairs:
-        return _absent("d1", text, measure, "no expert was grafted (every one merged whole, or no FFG merge)")
-    iv = interval([np.mean([r - f for f, r in ranks]) if ranks else math.nan for ranks in per_seed_ranks.values()])
-    return Row("d1", text, measure, iv, 0.0, above(iv, 0.0),
-               f"FFG mask rank share {np.mean([f for f, _ in pairs]):.3f}, random {np.mean([r for _, r in pairs]):.3f}")
-
-
-def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float) -> float:
-    """Share of A's top-``fraction`` entries that are also among B's (the same count k)."""
-    k = max(1, round(fraction * a.size))
-    ta = np.argpartition(a.ravel(), -k)[-k:]
-    tb = np.argpartition(b.ravel(), -k)[-k:]
-    return len(np.intersect1d(ta, tb, assume_unique=True)) / k
-
-
-def mean_overlap(get: Callable[[str, str], np.ndarray], experts: Sequence[str], names: Sequence[str]) -> float:
-    """Mean over the matrices ``names`` and pairs of experts of their top-1% overlap
-    (chance: 0.01); ``get(expert, name)`` reads one tensor, so memory is one per expert."""
-    values = []
-    for n in names:
-        v = {e: get(e, n) for e in experts}
-        values += [top_overlap(v[a], v[b], TOP_FRACTION) for a, b in itertools.combinations(experts, 2)]
-    return float(np.mean(values)) if values else math.nan
-
-
-def curvature_overlap(per_seed: Mapping[int, float]) -> Row:
-    """(e) experts' curvature overlaps: their top-1% exp_avg_sq entries meet above chance."""
-    text = "experts' curvature overlaps"
-    measure = f"share of one expert's top {TOP_FRACTION:.0%} exp_avg_sq entries per matrix among another's, mean over pairs"
-    values = [v for v in per_seed.values() if math.isfinite(v)]
-    if not values:
-        return _absent("e", text, measure, "fewer than two experts with moments")
-    iv = interval(values)
-    return Row("e", text, measure, iv, TOP_FRACTION, above(iv, TOP_FRACTION),
-               f"{iv.mean / TOP_FRACTION:.1f} times chance ({TOP_FRACTION:g})")
 
 
 def chosen_statistics(thresholds_csv: str | Path, merge: str, ffg_metric: str, seed: int,
@@ -389,5 +247,5 @@ def claims_markdown(table: pd.DataFrame, n_seeds: int) -> str:
         f"Each row one test over {n_seeds} seed(s): its mean with the {describe(T95)}, and a verdict against "
         "the margin: holds where the interval lies on the claim's side of it, does not hold where it lies on "
         "the other, not separated where it straddles it (or fewer than 3 seeds give no interval), not measured "
-        "where the run lacks what the test needs. Margins are fixed in `otamerge/report/claims.py`, not tuned "
-        "to a run.", "", shown.to_markdown(index=False, disable_numparse=True), ""])
+        "where the run lacks what the test needs. Margins are fixed in `otamerge/report/claims.py` and "
+        "`mask_claims.py`, not tuned to a run.", "", shown.to_markdown(index=False, disable_numparse=True), ""])

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from otamerge.report import retention as ret  # noqa: E402
-from otamerge.report.claims import top_overlap  # noqa: E402
+from otamerge.report.mask_claims import top_overlap  # noqa: E402
 from otamerge.report.intervals import NONE, describe  # noqa: E402
 from otamerge.report.sites import ROLES, layer_of, role_of  # noqa: E402
 from otamerge.workflow.subsets import ALL  # noqa: E402
