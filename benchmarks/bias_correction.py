@@ -59,8 +59,8 @@ def main() -> None:
     tasks = {e: cfg["demo"]["experts"][e]["task"] for e in experts}
     n = cfg["demo"].get("n_eval", 100)
     score = lambda folder: _scores(folder, list(tasks.values()), n, args.seed)  # noqa: E731
-    base = score(Path(layout.model_dir(args.seed, "base")))
-    own = {e: score(Path(layout.model_dir(args.seed, e))) for e in experts}
+    base = score(Path(layout.downloaded_model(args.seed, "base")))
+    own = {e: score(Path(layout.downloaded_model(args.seed, e))) for e in experts}
     ways = {"raw": None, "own steps": {e: None for e in experts}, "paper's steps": dict(zip(experts, PAPER_STEPS))}
     print("| merge | moments | retention exact match | retention token accuracy |\n| --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:

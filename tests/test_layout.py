@@ -58,7 +58,7 @@ def test_table_names_of_grafts_and_merges():
 def test_every_per_seed_result_gives_its_seed_back():
     for seed in (0, 7, 12):
         paths = [layout.scores(seed, "builtin", "ffg/add/fisher/0.1"), layout.merge_thresholds(seed, "seed3"),
-                 layout.model_dir(seed, "seed9x"), layout.graft_dir(seed, "add", "fisher", "0.1"),
+                 layout.downloaded_model(seed, "seed9x"), layout.graft_dir(seed, "add", "fisher", "0.1"),
                  f"/work/results/seed5/wf/{layout.scores(seed, 'builtin', 'merge/seed2')}"]
         assert [layout.seed_of(p) for p in paths] == [seed] * len(paths)
     with pytest.raises(ValueError, match="not in a seed's results folder"):

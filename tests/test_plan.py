@@ -55,8 +55,8 @@ def test_sources_and_moments():
     assert p.source("base", 3) == {"source": layout.demo_base("resources/demo", 3)}
     assert p.source("add", 3)["preconditioner"] == "export/exp_avg_sq.safetensors"
     # downloaded moments live inside the expert's folder: the folder is what a job depends on
-    assert p.moments_file(0, "add") == layout.preconditioner(layout.model_dir(0, "add"))
-    assert p.moments_input(0, "add") == layout.model_dir(0, "add")
+    assert p.moments_file(0, "add") == layout.preconditioner(layout.downloaded_model(0, "add"))
+    assert p.moments_input(0, "add") == layout.downloaded_model(0, "add")
     assert p.moments_input(0, "add", "rank1") == layout.rank1_moments(0, "add")
     assert p.moments_file(0, "add", "empirical_fisher") == layout.fisher_moments(0, "add")
     assert p.moments_file(0, "add", "sparsegpt") == p.moments_file(0, "sort", "sparsegpt") == layout.importance_file(0)
@@ -74,9 +74,11 @@ def test_what_a_merges_thresholds_read():
     auto = p.merge_config_inputs(0, "ota_ffg")
     # mode auto: every expert at every swept density, and the scores that choose among them
     assert len(auto["sweeps"]) == len(auto["scores"]) - len(experts) == len(experts) * len(p.densities)
-    assert auto["moments"] == [layout.model_dir(0, e) for e in experts]
+    assert auto["moments"] == [layout.downloaded_model(0, e) for e in experts]
     point = p.merge_config_params(0, "ota_ffg@0.05")["thresholds"]
-    assert point["fixed"] == {e: "0.05" for e in experts} and point["points"] == [(e, "0.05") for e in experts]
+    assert point["fixed"] == {e: "0.05" for e in experts}
+    assert point["points"] == [{"expert": e, "density": "0.05", "graft": layout.graft_dir(0, e, "fisher", "0.05")}
+                               for e in experts]
     assert p.merge_config_inputs(0, "ota_ffg@0.05")["scores"] == []  # nothing left to choose
     cfg = default_config()
     cfg["thresholds"]["mode"] = "merge"

@@ -395,7 +395,7 @@ def _cards_and_publishing(wf: Path, cfg: dict, monkeypatch) -> None:
     report = json.loads((adapter / "extraction.json").read_text())
     # each layer's error is what Eckart and Young say, from numpy's fp64 SVD (an untouched
     # layer, where FFG kept no entry of any expert, keeps rank 0)
-    merged, base = (Checkpoint(wf / f, "m") for f in (layout.merged_model(0, "ota_ffg"), layout.model_dir(0, "base")))
+    merged, base = (Checkpoint(wf / f, "m") for f in (layout.merged_model(0, "ota_ffg"), layout.downloaded_model(0, "base")))
     ranks = set()
     for name, layer in report["layers"].items():
         d = (merged.get(f"{name}.weight").double() - base.get(f"{name}.weight").double()).numpy()
@@ -542,7 +542,7 @@ def _claims_from_the_runs_own_files(wf: Path, experts: list[str], seeds: tuple[i
             kept = sum(t[n]["kept"] for n in early) / sum(v["kept"] for v in t.values())
             ratios.append(kept / (sum(t[n]["total"] for n in early) / sum(v["total"] for v in t.values())))
         d2.append(sum(ratios) / len(ratios))
-        moments = {e: load_file(wf / layout.model_dir(s, e) / "preconditioner.safetensors") for e in experts}
+        moments = {e: load_file(wf / layout.downloaded_model(s, e) / "preconditioner.safetensors") for e in experts}
         values = []
         for n, v in moments[experts[0]].items():
             if v.dim() != 2:

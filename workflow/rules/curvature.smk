@@ -5,7 +5,7 @@ if PLAN.fisher_needed:
 
     rule empirical_fisher:
         input:
-            expert=layout.model_dir("{seed}", "{expert}"),
+            expert=layout.downloaded_model("{seed}", "{expert}"),
             calibration=lambda wc: PLAN.fisher_calibration(wc.seed, wc.expert) or [],
         output:
             layout.fisher_moments("{seed}", "{expert}"),

@@ -2,7 +2,7 @@ rule download:
     input:
         get_download_input,
     output:
-        directory(layout.model_dir("{seed}", "{name}")),
+        directory(layout.downloaded_model("{seed}", "{name}")),
     log:
         layout.log("download", "{seed}", "{name}"),
     params:

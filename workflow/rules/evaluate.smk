@@ -106,7 +106,7 @@ rule evaluate_lm_eval:
 rule evaluate_perplexity:
     input:
         model=get_model,
-        texts=lambda wc: [layout.per_seed(f, wc.seed) for f in PLAN.perplexity_texts.values()],
+        texts=lambda wc: list(PLAN.perplexity_files(wc.seed).values()),
     output:
         layout.scores("{seed}", "perplexity", "{model}"),
     log:
@@ -114,9 +114,9 @@ rule evaluate_perplexity:
     benchmark:
         layout.benchmark("evaluate_perplexity", "{seed}", "{model}")
     params:
-        names=list(PLAN.perplexity_texts),  # the task name of each input text, in order
-        max_length=config["evaluation"].get("perplexity", {}).get("max_length"),
-        stride=config["evaluation"].get("perplexity", {}).get("stride"),
+        texts=lambda wc: PLAN.perplexity_files(wc.seed),  # task name -> text file
+        max_length=PLAN.perplexity.get("max_length"),
+        stride=PLAN.perplexity.get("stride"),
     threads: 1
     resources:
         mem_mb=scaled(2000, 4000),

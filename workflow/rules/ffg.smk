@@ -1,6 +1,6 @@
 rule bias_correct_moments:
     input:
-        layout.model_dir("{seed}", "{expert}"),
+        layout.downloaded_model("{seed}", "{expert}"),
     output:
         layout.corrected_moments("{seed}", "{expert}"),
     log:
@@ -45,8 +45,8 @@ rule compress_moments:
 
 rule ffg:
     input:
-        base=layout.model_dir("{seed}", "base"),
-        expert=layout.model_dir("{seed}", "{expert}"),
+        base=layout.downloaded_model("{seed}", "base"),
+        expert=layout.downloaded_model("{seed}", "{expert}"),
         moments=get_ffg_moments,
     output:
         directory(layout.graft_dir("{seed}", "{expert}", "{metric}", "{density}")),

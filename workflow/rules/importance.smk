@@ -4,7 +4,7 @@ if "sparsegpt" in config:
 
     rule hessians:
         input:
-            base=layout.model_dir("{seed}", "base"),
+            base=layout.downloaded_model("{seed}", "base"),
             calibration=lambda wc: layout.per_seed(config["sparsegpt"]["calibration"], wc.seed),
         output:
             directory(layout.hessians_dir("{seed}")),
@@ -29,7 +29,7 @@ if "sparsegpt" in config:
 
     rule sparsegpt_importance:
         input:
-            base=layout.model_dir("{seed}", "base"),
+            base=layout.downloaded_model("{seed}", "base"),
             hessians=layout.hessians_dir("{seed}"),
         output:
             layout.importance_file("{seed}"),

@@ -46,7 +46,7 @@ rule publish:
 rule extract_lora:
     input:
         model=layout.merged_model("{seed}", "{merge}"),
-        base=layout.model_dir("{seed}", "base"),
+        base=layout.downloaded_model("{seed}", "base"),
     output:
         directory(layout.lora_adapter("{seed}", "{merge}")),
     log:

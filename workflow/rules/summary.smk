@@ -4,7 +4,7 @@ rule summary:
     input:
         scores=PLAN.evaluated(PLAN.models + [layout.merge_name(m) for m in PLAN.merges]),
         grafts=PLAN.graft_scores(),
-        thresholds=[layout.merge_thresholds(s, m) for s in PLAN.seeds for m in PLAN.ffg_merges],
+        thresholds=list(PLAN.threshold_files()),
     output:
         scores=layout.summary("scores.csv"),
         table=report(layout.summary("accuracy.md"), caption="../report/accuracy.rst", category="2. Accuracy"),
@@ -13,7 +13,7 @@ rule summary:
         layout.log("summary", None, "summary"),
     params:
         tasks=PLAN.all_tasks(),
-        ffg_metrics=[PLAN.merges[m]["ffg"] for s in PLAN.seeds for m in PLAN.ffg_merges],  # one per thresholds file
+        ffg_metrics={f: PLAN.merges[m]["ffg"] for f, m in PLAN.threshold_files().items()},  # by thresholds file
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),
@@ -50,7 +50,7 @@ rule retention:
 rule sweep_summary:
     input:
         scores=PLAN.evaluated(PLAN.sweep_models(), ["builtin"]),
-        thresholds=[layout.merge_thresholds(s, m) for s in PLAN.seeds for m in PLAN.ffg_merges],
+        thresholds=list(PLAN.threshold_files()),
     output:
         sweep=report(layout.summary("sweep.md"), caption="../report/sweep.rst", category="3. FFG sweep"),
         sweep_csv=layout.summary("sweep.csv"),
@@ -61,7 +61,7 @@ rule sweep_summary:
         layout.log("sweep_summary", None, "sweep_summary"),
     params:
         tasks=PLAN.task,
-        merges=[m for s in PLAN.seeds for m in PLAN.ffg_merges],  # one per thresholds file
+        merges=PLAN.threshold_files(),  # thresholds file -> its merge
     threads: 1
     resources:
         mem_mb=scaled(1000, 0),
@@ -80,9 +80,9 @@ rule plots:
         sweep=layout.summary("sweep.csv"),
         thresholds=layout.summary("thresholds.csv"),
         # where FFG keeps edits and the curvature overlap: the first seed's models
-        grafts=[layout.model_folder(PLAN.seeds[0], g) for g in PLAN.graft_candidates()],
-        base=layout.model_dir(PLAN.seeds[0], "base"),
-        experts=[layout.model_dir(PLAN.seeds[0], e) for e in PLAN.experts],
+        grafts=list(PLAN.plotted_models()["grafts"].values()),
+        base=layout.downloaded_model(PLAN.seeds[0], "base"),
+        experts=list(PLAN.plotted_models()["experts"].values()),
     output:
         sweep=report(layout.plot("ffg_sweep"), caption="../report/ffg_sweep.rst", category="4. Plots"),
         methods=report(layout.plot("methods"), caption="../report/methods.rst", category="4. Plots"),
@@ -95,12 +95,11 @@ rule plots:
     log:
         layout.log("plots", None, "plots"),
     params:
-        score=config["thresholds"].get("score", "token_accuracy"),
+        score=PLAN.sweep_score,
         seed=PLAN.seeds[0],
-        grafts=PLAN.graft_candidates(),  # model name of each input graft, in order
+        models=PLAN.plotted_models(),  # the input grafts and experts by name
         graft_merge=lambda wc: PLAN.ffg_merges[0],
         graft_metric=lambda wc: PLAN.merges[PLAN.ffg_merges[0]]["ffg"],
-        experts=PLAN.experts,  # name of each input expert, in order
     threads: 1
     resources:
         mem_mb=scaled(2000, 1000),

@@ -6,6 +6,6 @@ from otamerge.logs import job
 with job(snakemake.log[0]):
     p = snakemake.params
     model, tokenizer = load_model(snakemake.input.model)
-    texts = dict(zip(p.names, snakemake.input.texts))
+    texts = p.texts  # task name -> text file
     rows = perplexity.evaluate(model, tokenizer, texts, snakemake.wildcards.model, p.max_length, p.stride)
     write_json(snakemake.output[0], rows)

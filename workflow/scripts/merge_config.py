@@ -14,17 +14,17 @@ COLUMNS = ["expert", "mode", "density", "threshold", "achieved_density", "metric
 
 with job(snakemake.log[0]):
     p, inp = snakemake.params[0], snakemake.input
-    experts = dict(zip(p["experts"], inp.experts))
-    moments = dict(zip(p["experts"], p["moments"])) if p["moments"] else None
+    experts, moments = p["experts"], p["moments"] or None  # expert -> its folder, its moments file
     cfg = merge_template(p["spec"], experts, inp.base, moments)
     rows = []
     if p["spec"].get("ffg"):
         t, metric = p["thresholds"], p["spec"]["ffg"]
-        # each input sweep folder is the sweep point (expert, density) of the same place in points
         stats = {}
-        for (e, d), folder in zip(t["points"], inp.sweeps):
-            stats.setdefault(e, {})[float(d)] = read_statistics(graft_statistics(folder))
-        names = {graft_name(e, metric, d): (e, float(d)) for e, d in t["points"]}
+        for point in t["points"]:  # every candidate graft: expert, density and folder
+            stats.setdefault(point["expert"], {})[float(point["density"])] = read_statistics(
+                graft_statistics(point["graft"]))
+        names = {graft_name(pt["expert"], metric, pt["density"]): (pt["expert"], float(pt["density"]))
+                 for pt in t["points"]}
         names.update({e: (e, 1.0) for e in experts})
         table = own_task_scores(inp.get("scores", []), names, t["tasks"], t["score"])
         scores = {e: {r.density: r.score for r in table[table.expert == e].itertuples()} for e in experts}

@@ -82,7 +82,7 @@ def demo_text(outdir: str, seed: Seed, name: str) -> str:
 
 # models, moments, importance
 
-def model_dir(seed: Seed, name: str) -> str:
+def downloaded_model(seed: Seed, name: str) -> str:
     """A model as the download stage left it (weights, tokenizer, preconditioner)."""
     return f"{root(seed)}/models/{name}"
 
@@ -194,7 +194,7 @@ def model_folder(seed: Seed, model: str) -> str:
         return f"{root(seed)}/{model}"
     if model.startswith("merge/"):
         return merged_model(seed, model.split("/", 1)[1])
-    return model_dir(seed, model)
+    return downloaded_model(seed, model)
 
 
 # evaluation

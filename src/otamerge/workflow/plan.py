@@ -66,11 +66,14 @@ class Plan:
         thresholds = config["thresholds"]
         self.threshold_backend = thresholds["backend"]  # whose own-task scores choose automatic densities
         self.threshold_score = thresholds.get("score", "token_accuracy" if self.threshold_backend == "builtin" else None)
+        self.sweep_score = self.threshold_score or "token_accuracy"  # what the sweep plots show (builtin scores)
         self.size_b = config["resources"]["model_params_b"]  # job sizes: billions of parameters per model
         self.gpus = config["resources"]["gpu"]
         # Adam's exp_avg_sq divided by 1 - beta2^t before any job reads it (off: the paper's raw moments)
         self.bias_correction = config["moments"]["bias_correction"]
-        self.perplexity_texts = config["evaluation"].get("perplexity", {}).get("texts", {})
+        # the perplexity backend: name -> text file, and its window (None: the evaluator's default)
+        self.perplexity = config["evaluation"].get("perplexity", {})
+        self.perplexity_texts = self.perplexity.get("texts", {})
         self.published = publish_repos(config.get("publish"), list(self.merges), self.seeds)  # {(seed, merge): repo}
         self.lora = lora_merges(config.get("lora"), list(self.merges), self.seeds)
         # where each expert's curvature comes from: its optimizer's exp_avg_sq (adam) or an
@@ -122,13 +125,13 @@ class Plan:
 
     @staticmethod
     def downloaded_moments(seed: int | str, expert: str) -> str:
-        return layout.preconditioner(layout.model_dir(seed, expert))
+        return layout.preconditioner(layout.downloaded_model(seed, expert))
 
     def moments_input(self, seed: int | str, expert: str, kind: str = "full") -> str:
         """What a job reading those moments depends on: downloaded moments live inside the
         expert's folder (a directory output), so the folder is the input."""
         path = self.moments_file(seed, expert, kind)
-        return layout.model_dir(seed, expert) if path == self.downloaded_moments(seed, expert) else path
+        return layout.downloaded_model(seed, expert) if path == self.downloaded_moments(seed, expert) else path
 
     def optimizer_override(self, expert: str) -> dict[str, Any]:
         """Adam's step count and beta2 for bias correction where the moments' metadata lacks them."""
@@ -181,15 +184,17 @@ class Plan:
 
     def merge_config_inputs(self, seed: int | str, merge: str) -> dict[str, list[str] | str]:
         """Experts and moments; with FFG, the sweep points the thresholds are read from and
-        the scores (or validation scores) that choose among them."""
+        the scores (or validation scores) that choose among them. Lists for the DAG only:
+        the job finds each file by name in merge_config_params."""
         spec, experts = self.merges[merge], self.merge_experts(merge)
-        inputs: dict[str, Any] = {"experts": [layout.model_dir(seed, e) for e in experts],
-                                  "base": layout.model_dir(seed, "base")}
+        params = self.merge_config_params(seed, merge)
+        inputs: dict[str, Any] = {"experts": list(params["experts"].values()),
+                                  "base": layout.downloaded_model(seed, "base")}
         kind = moments_kind(spec)
         if kind:
             inputs["moments"] = [self.moments_input(seed, e, kind) for e in experts]
         if spec.get("ffg"):
-            inputs["sweeps"] = [layout.graft_dir(seed, e, spec["ffg"], d) for e, d in self.ffg_points(merge)]
+            inputs["sweeps"] = [point["graft"] for point in params["thresholds"]["points"]]
             if self.chooses_by_merge(merge):
                 inputs["validation"] = self.validation_scores(seed, merge)
             else:
@@ -204,8 +209,8 @@ class Plan:
         """The merge spec and only the settings its thresholds depend on."""
         spec, experts = self.merges[merge], self.merge_experts(merge)
         kind = moments_kind(spec)
-        params = {"spec": spec, "experts": experts,
-                  "moments": [self.moments_file(seed, e, kind) for e in experts] if kind else []}
+        params = {"spec": spec, "experts": {e: layout.downloaded_model(seed, e) for e in experts},
+                  "moments": {e: self.moments_file(seed, e, kind) for e in experts} if kind else {}}
         if spec.get("ffg"):
             fixed = {e: self.fixed_density(e, merge) for e in experts}
             params["thresholds"] = {
@@ -213,11 +218,16 @@ class Plan:
                 "retention": self.config["thresholds"]["retention"],
                 "score": self.threshold_score,
                 "tasks": {e: self.task[e] for e in experts},
-                "points": self.ffg_points(merge),  # one per input sweep folder, in order
+                "points": [{"expert": e, "density": d, "graft": layout.graft_dir(seed, e, spec["ffg"], d)}
+                           for e, d in self.ffg_points(merge)],
             }
             if self.chooses_by_merge(merge):  # the density sweep's point merges, chosen among by score
                 params["thresholds"]["by_merge"] = self.sweep_points[merge]
         return params
+
+    def threshold_files(self) -> dict[str, str]:
+        """Every seed's thresholds.csv of each merge of all experts with FFG -> that merge."""
+        return {layout.merge_thresholds(s, m): m for s in self.seeds for m in self.ffg_merges}
 
     def merge_infos(self) -> dict[str, dict[str, Any]]:
         """What the retention table needs of each merge, as plain values (job params)."""
@@ -252,6 +262,10 @@ class Plan:
         return [layout.scores(s, b, m) for s in self.seeds for b in (self.backends if backends is None else backends)
                 for m in models]
 
+    def perplexity_files(self, seed: int | str) -> dict[str, str]:
+        """The perplexity backend's texts of a seed by name ({seed} in their paths replaced)."""
+        return {name: layout.per_seed(f, seed) for name, f in self.perplexity_texts.items()}
+
     def sweep_models(self) -> list[str]:
         return [layout.graft_name(e, m, d) for e in self.experts for m in self.metrics for d in self.densities]
 
@@ -273,17 +287,24 @@ class Plan:
         return (self.evaluated(candidates, every)
                 + self.evaluated(fixed, [b for b in self.backends if b not in every]))
 
+    def plotted_models(self) -> dict[str, dict[str, str]]:
+        """The first seed's models the plots read, by name -> folder: the candidate grafts
+        (where FFG keeps edits) and the experts (their curvature's overlap)."""
+        seed = self.seeds[0]
+        return {"grafts": {g: layout.model_folder(seed, g) for g in self.graft_candidates()},
+                "experts": {e: layout.downloaded_model(seed, e) for e in self.experts}}
+
     # -- the claims job -----------------------------------------------------------------------
 
     def claims_files(self) -> dict[int, dict[str, Any]]:
         """Per seed what the claims job reads: the base, each expert's moments, the candidate grafts."""
         grafts = self.graft_candidates()
-        return {s: {"base": layout.model_dir(s, "base"),
+        return {s: {"base": layout.downloaded_model(s, "base"),
                     "moments": {e: self.moments_file(s, e) for e in self.experts},
                     "grafts": {g: layout.model_folder(s, g) for g in grafts}} for s in self.seeds}
 
     def claims_models(self) -> list[str]:
         grafts = self.graft_candidates()
-        return [f for s in self.seeds for f in [layout.model_dir(s, "base"),
+        return [f for s in self.seeds for f in [layout.downloaded_model(s, "base"),
                                                 *(self.moments_input(s, e) for e in self.experts),
                                                 *(layout.model_folder(s, g) for g in grafts)]]
