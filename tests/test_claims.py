@@ -7,12 +7,17 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from conftest import REPO
 from otamerge.report import claims as c
 from otamerge.report import mask_claims as mc
 from otamerge.report import verdicts as v
 from otamerge.report.intervals import Interval
 
+# the merge each claim reads by its role, as the workflow's schema fills it by default
+ROLES = {role: p["default"] for role, p in yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())[
+    "properties"]["claims"]["properties"].items()}
 T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # Student t quantile, 2 degrees of freedom
 
 
@@ -48,18 +53,18 @@ RETENTION = {"ota_ffg": (None, [0.9, 0.85, 0.8]), "ties": (None, [0.7, 0.75, 0.6
 def test_retention_claims_by_hand():
     by_seed = _by_seed(RETENTION)
     wide = c.headline(by_seed)
-    a1, a2 = c.ordering(wide, c.CLAIM_MERGES)
+    a1, a2 = c.ordering(wide, ROLES)
     # OTA+FFG - TIES per seed: 0.2, 0.1, 0.2; TIES - Fisher: -0.02, 0.01, -0.05
     assert (a1.iv.mean, a1.iv.low, a1.iv.high) == pytest.approx(_t95([0.2, 0.1, 0.2]))
     assert a1.verdict == v.HOLDS and a2.verdict == v.OPEN
-    rank1 = c.rank1_keeps(wide, c.CLAIM_MERGES)  # -0.01, 0.01, -0.02: within 0.02?
+    rank1 = c.rank1_keeps(wide, ROLES)  # -0.01, 0.01, -0.02: within 0.02?
     assert (rank1.iv.mean, rank1.iv.low) == pytest.approx(_t95([-0.01, 0.01, -0.02])[:2])
     assert rank1.margin == -0.02 and rank1.verdict == v.OPEN  # the interval reaches below -0.02
-    f = c.interference(wide, by_seed, c.CLAIM_MERGES)
+    f = c.interference(wide, by_seed, ROLES)
     # at 0.02: -0.25, -0.15, -0.27 (OTA+FFG below OTA: fails); the worst point is shown
     assert f.verdict == v.FAILS and f.iv.mean == pytest.approx(-0.67 / 3)
     assert f.detail.startswith("as configured: +0.027") and "0.02: -0.223" in f.detail
-    g = c.robustness(wide, by_seed, c.CLAIM_MERGES)  # best 0.1 - worst 0.02: 0.28, 0.21, 0.27
+    g = c.robustness(wide, by_seed, ROLES)  # best 0.1 - worst 0.02: 0.28, 0.21, 0.27
     assert (g.iv.mean, g.iv.low, g.iv.high) == pytest.approx(_t95([0.28, 0.21, 0.27]))
     assert g.verdict == v.FAILS and "(0.1 vs 0.02)" in g.measure
 
@@ -67,8 +72,8 @@ def test_retention_claims_by_hand():
 def test_a_claim_whose_merges_are_missing_is_not_measured():
     by_seed = _by_seed({"ota_ffg": (None, [0.9, 0.85, 0.8])})
     wide = c.headline(by_seed)
-    rows = [*c.ordering(wide, c.CLAIM_MERGES), c.rank1_keeps(wide, c.CLAIM_MERGES),
-            c.interference(wide, by_seed, c.CLAIM_MERGES), c.robustness(wide, by_seed, c.CLAIM_MERGES)]
+    rows = [*c.ordering(wide, ROLES), c.rank1_keeps(wide, ROLES),
+            c.interference(wide, by_seed, ROLES), c.robustness(wide, by_seed, ROLES)]
     assert [r.verdict for r in rows] == [v.ABSENT] * 5
     assert rows[0].detail == "no merge ties in this run"
     assert "has no density sweep" in rows[-1].detail
@@ -137,7 +142,7 @@ def test_curvature_overlap_of_two_experts_by_hand():
 def test_claims_files_from_a_run_without_models(tmp_path):
     by_seed = tmp_path / "by_seed.csv"
     _by_seed(RETENTION).to_csv(by_seed, index=False)
-    table = c.write_claims(by_seed, None, None, {}, {}, None, "exact_match", md=tmp_path / "claims.md",
+    table = c.write_claims(by_seed, None, None, {}, ROLES, None, "exact_match", md=tmp_path / "claims.md",
                            csv=tmp_path / "claims.csv")
     assert table.claim.tolist() == ["a1", "a2", "b1", "b2", "c", "d1", "d2", "e", "f", "g"]
     assert dict(zip(table.claim, table.verdict)) == {

@@ -29,7 +29,6 @@ from otamerge.report.intervals import T95, Interval, describe, interval
 from otamerge.report.mask_claims import concentration, curvature_overlap, low_rank, mask_rank_share, mean_overlap
 from otamerge.report.retention import LEADING
 from otamerge.report.verdicts import COLUMNS, Row, above, absent, below, every
-from otamerge.workflow.claims import CLAIM_MERGES
 from otamerge.workflow.layout import graft_name, graft_statistics
 
 RANK1_MARGIN = 0.02    # rank-1 moments "keep" OTA+FFG's retention: at most 0.02 below it
@@ -185,11 +184,13 @@ def _numpy(t) -> np.ndarray:
 def measure(by_seed: pd.DataFrame, sweep: pd.DataFrame, thresholds_csv: str | Path | None,
             seeds: Mapping[int, SeedFiles], merges: Mapping[str, str], ffg_metric: str | None,
             metric: str) -> list[Row]:
-    """Every claim's row from a run's tables and, per seed, its base, moments and grafts."""
+    """Every claim's row from a run's tables and, per seed, its base, moments and grafts.
+    ``merges``: the merge each claim reads by its role (ota_ffg, ties, fisher, rank1, ota;
+    the config's ``claims``, defaults in the workflow's schema)."""
     from otamerge.curvature.moments import Moments  # torch: only here
     from otamerge.io.checkpoint import Checkpoint
 
-    m = {**CLAIM_MERGES, **merges}
+    m = merges
     wide = headline(by_seed)
     rows = [*ordering(wide, m), rank1_keeps(wide, m), interference(wide, by_seed, m), robustness(wide, by_seed, m),
             *grafting(sweep, metric)]

@@ -17,7 +17,6 @@ from otamerge.names import EXPORTED_MOMENTS
 from otamerge.ffg.densities import density_label
 from otamerge.workflow import layout
 from otamerge.workflow.checks import check_plan
-from otamerge.workflow.claims import CLAIM_MERGES
 from otamerge.workflow.merge_specs import FFG_METRICS, moments_kind
 from otamerge.workflow.publish import lora_merges, publish_repos
 from otamerge.workflow.seeds import config_seeds
@@ -79,9 +78,8 @@ class Plan:
         # where each expert's curvature comes from: its optimizer's exp_avg_sq (adam) or an
         # empirical Fisher estimated here (curvature.source, per expert curvature.experts)
         self.curvature = config["curvature"]
-        source = self.curvature.get("source", "adam")
-        self.fisher_experts = [e for e in self.experts
-                               if self.curvature.get("experts", {}).get(e, source) == "empirical_fisher"]
+        self.fisher_experts = [e for e in self.experts if self.curvature["experts"].get(
+            e, self.curvature["source"]) == "empirical_fisher"]
         # experts whose empirical Fisher some job reads: those above, and the experts of
         # merges that weigh with it (merges.<m>.moments: empirical_fisher, Fisher merging)
         self.fisher_needed = sorted(set(self.fisher_experts) | {
@@ -92,7 +90,7 @@ class Plan:
         # (not the points of a density sweep, each at one density)
         self.ffg_merges = [m for m, spec in self.merges.items() if spec.get("ffg")
                            and self.merge_info[m].subset == ALL and self.merge_info[m].density is None]
-        self.claim_merges = {**CLAIM_MERGES, **config.get("claims", {})}  # the merge each claim reads
+        self.claim_merges = config["claims"]  # the merge each claim reads (the schema's defaults filled)
         check_plan(self, environ)
 
     # -- where models and curvature come from ------------------------------------------
@@ -165,7 +163,7 @@ class Plan:
             return self.merge_info[merge].density
         if merge and self.chooses_by_merge(merge):
             return None
-        fixed = self.config["thresholds"].get("fixed", {})
+        fixed = self.config["thresholds"]["fixed"]
         if expert in fixed:
             return density_label(fixed[expert])
         if self.config["thresholds"]["mode"] == "fixed":
