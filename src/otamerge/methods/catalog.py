@@ -147,6 +147,12 @@ _SPECS = (
         Param("weight", 1.0, per_model=True),  # accepted and unused, as by mergekit 0.1.5
         Param("density", 1.0, per_model=True),  # accepted and unused, as by mergekit 0.1.5
     ), description="top-variance selection, mean-square weights, sign election"),
+    MethodSpec("tsv_m", (Param("alpha", 1.0),),
+               description="each task vector's top singular vectors, orthonormalised together (TSV-M)"),
+    MethodSpec("iso_c", (Param("scaling_factor", 1.0),),
+               description="the task vectors' sum with a flat singular spectrum (Iso-C)"),
+    MethodSpec("iso_cts", (Param("scaling_factor", 1.0), Param("common_space_fraction", 0.8)),
+               description="Iso-C in a common subspace plus each task's own directions (Iso-CTS)"),
     MethodSpec("ota", _OTA, base="optional", curvature="always",
                description="curvature-weighted merge with FFG masks (OTA+FFG)"),
 )

@@ -1,0 +1,85 @@
+"""TSV-M, Iso-C and Iso-CTS of otamerge against FusionBench's own functions, same inputs.
+
+    .venv/bin/python benchmarks/subspace_agreement.py OUT [--fusion-bench .venv-fusionbench/bin/python]
+
+FusionBench (PyPI ``fusion-bench``) merges whole state dicts in memory; its requirements
+are its own, so it lives in a separate venv:
+
+    python3 -m venv .venv-fusionbench && .venv-fusionbench/bin/pip install torch==2.13.0 fusion-bench
+
+Builds a small Llama-shaped family (benchmarks/synthetic.py: base and 3 experts, bf16,
+vocabulary 512, hidden 64, 2 layers), merges it with each method through ``otamerge merge``
+(fp32 arithmetic and output), runs FusionBench's ``compute_and_sum_svd_mem_reduction``,
+``iso_c`` and ``iso_cts`` on the same fp32 task vectors in its venv (CPU), adds the base
+and the method's scale, and prints per method the largest difference in fp32 units in the
+last place and the tensor where it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check import ulps  # noqa: E402
+from synthetic import write_family  # noqa: E402
+
+from otamerge.merge import MergeOptions, merge_file  # noqa: E402
+
+# method -> its parameters here, and the FusionBench call on task vectors ``tvs``
+CASES = {
+    "tsv_m": ({"alpha": 1.0}, "TSVM_utils.compute_and_sum_svd_mem_reduction(tvs, exclude_keys=[], accelerator='cpu')"),
+    "iso_c": ({"scaling_factor": 1.0}, "iso_c(tvs, accelerator='cpu')"),
+    "iso_cts": ({"scaling_factor": 1.0, "common_space_fraction": 0.8},
+                "iso_cts(tvs, common_space_fraction=0.8, accelerator='cpu')"),
+}
+
+# run in FusionBench's venv: argv = family folder, method call, scale, output file
+THEIRS = """
+import sys
+import torch
+from safetensors.torch import load_file, save_file
+from fusion_bench.method.isotropic_merging.iso_utils import iso_c, iso_cts
+from fusion_bench.method.task_singular_vector.utils import TSVM_utils
+
+family, call, scale, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+base = {k: v.float() for k, v in load_file(f"{family}/base/model.safetensors").items()}
+tvs = [{k: v.float() - base[k] for k, v in load_file(f"{family}/expert{i}/model.safetensors").items()}
+       for i in range(3)]
+merged = eval(call)
+save_file({k: (base[k] + scale * merged[k]).contiguous() for k in base}, out)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--fusion-bench", default=".venv-fusionbench/bin/python", help="python of FusionBench's venv")
+    args = ap.parse_args()
+    family = write_family(args.out / "family", 3, layers=2, hidden=64, intermediate=176, vocab=512, moments=False)
+    print("| method | max ulp (fp32) | where | tensors |\n| --- | --- | --- | --- |")
+    for method, (params, call) in CASES.items():
+        config = args.out / f"{method}.yml"
+        config.write_text(yaml.safe_dump({
+            "merge_method": method, "base_model": str(family["base"]), "parameters": params,
+            "models": [{"model": str(family[f"expert{i}"])} for i in range(3)], "dtype": "float32",
+            "out_dtype": "float32"}))
+        ours = load_file(str(merge_file(config, args.out / method, MergeOptions(progress=False))
+                             / "model.safetensors"))
+        theirs_file = args.out / f"{method}.fusion_bench.safetensors"
+        scale = params.get("alpha", params.get("scaling_factor"))
+        subprocess.run([args.fusion_bench, "-c", THEIRS, str(args.out / "family"), call, str(scale), str(theirs_file)],
+                       check=True)
+        theirs = load_file(str(theirs_file))
+        worst = {k: ulps(ours[k], theirs[k]) for k in theirs}
+        where = max(worst, key=worst.get)
+        print(f"| {method} | {worst[where]:.3g} | {where} | {len(worst)} |")
+
+
+if __name__ == "__main__":
+    main()
