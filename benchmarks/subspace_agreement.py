@@ -12,7 +12,10 @@ vocabulary 512, hidden 64, 2 layers), merges it with each method through ``otame
 (fp32 arithmetic and output), runs FusionBench's ``compute_and_sum_svd_mem_reduction``,
 ``iso_c`` and ``iso_cts`` on the same fp32 task vectors in its venv (CPU), adds the base
 and the method's scale, and prints per method the largest difference in fp32 units in the
-last place and the tensor where it is.
+last place of the inputs (at each entry, of the largest of the base's and the experts'
+values there: where the merged value is near zero its own ulp is not the scale of the
+arithmetic's error) and the tensor where it is, and the largest difference relative to the
+tensor's largest merged change.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import ulps  # noqa: E402
 from synthetic import write_family  # noqa: E402
 
 from otamerge.merge import MergeOptions, merge_file  # noqa: E402
@@ -56,13 +59,21 @@ save_file({k: (base[k] + scale * merged[k]).contiguous() for k in base}, out)
 """
 
 
+def input_ulps(ours: torch.Tensor, theirs: torch.Tensor, inputs: list[torch.Tensor]) -> float:
+    """max |ours - theirs| in fp32 ulps of the largest input magnitude at each entry."""
+    mag = torch.stack([t.double().abs() for t in inputs]).amax(dim=0).clamp_min(torch.finfo(torch.float32).tiny)
+    return float(((ours.double() - theirs.double()).abs() / torch.pow(2.0, torch.frexp(mag).exponent.double() - 24)).max())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--fusion-bench", default=".venv-fusionbench/bin/python", help="python of FusionBench's venv")
     args = ap.parse_args()
     family = write_family(args.out / "family", 3, layers=2, hidden=64, intermediate=176, vocab=512, moments=False)
-    print("| method | max ulp (fp32) | where | tensors |\n| --- | --- | --- | --- |")
+    models = [load_file(str(family[m] / "model.safetensors")) for m in ("base", "expert0", "expert1", "expert2")]
+    print("| method | max ulp of the inputs (fp32) | where | max difference / max change | tensors |\n"
+          "| --- | --- | --- | --- | --- |")
     for method, (params, call) in CASES.items():
         config = args.out / f"{method}.yml"
         config.write_text(yaml.safe_dump({
@@ -76,9 +87,11 @@ def main() -> None:
         subprocess.run([args.fusion_bench, "-c", THEIRS, str(args.out / "family"), call, str(scale), str(theirs_file)],
                        check=True)
         theirs = load_file(str(theirs_file))
-        worst = {k: ulps(ours[k], theirs[k]) for k in theirs}
+        worst = {k: input_ulps(ours[k], theirs[k], [m[k] for m in models]) for k in theirs}
         where = max(worst, key=worst.get)
-        print(f"| {method} | {worst[where]:.3g} | {where} | {len(worst)} |")
+        relative = max(float((ours[k] - theirs[k]).abs().max() / (theirs[k] - models[0][k].float()).abs().max())
+                       for k in theirs)
+        print(f"| {method} | {worst[where]:.3g} | {where} | {relative:.2g} | {len(worst)} |")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,11 @@ embeddings included) is merged from singular value decompositions, every other t
            factor, carry the mean of the kept singular values.
 
 The scale is ``alpha`` (TSV-M) or ``scaling_factor`` (Iso-C, Iso-CTS), as in the papers'
-code. The arithmetic is fp32 (fp64 for fp64 inputs) and whole-tensor.
+code. The arithmetic is fp32 (fp64 for fp64 inputs) and whole-tensor, with the products and
+means in the order of FusionBench's code, so that TSV-M and Iso-C give its bits
+(benchmarks/subspace_agreement.py). Iso-CTS differs on purpose in one product: it projects
+as U (U^T t), where FusionBench forms U U^T, an m x m matrix (9.7 GB in fp32 for a
+49152-token embedding); in FusionBench's order it gives FusionBench's bits too.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ def _polar(a: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
+def _isotropic(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
+    """U diag(mean(s)) V^T: every singular value replaced by their mean."""
+    return torch.linalg.multi_dot((u, torch.diag(torch.ones_like(s) * s.mean()), vh))
+
+
 def _merged(inputs: TensorInputs, scale_key: str, matrix, mean) -> torch.Tensor:
     deltas = _deltas(inputs)
     merged = matrix(deltas, inputs.params) if inputs.base.dim() == 2 else mean(deltas)
@@ -67,12 +76,14 @@ def _tsv(deltas: list[torch.Tensor], params: dict) -> torch.Tensor:
     u = torch.cat([*us, deltas[0].new_zeros(deltas[0].shape[0], pad)], dim=1)
     s = torch.cat([*ss, deltas[0].new_zeros(pad)])
     vh = torch.cat([*vhs, deltas[0].new_zeros(pad, deltas[0].shape[1])], dim=0)
-    return _polar(u) @ torch.diag(s) @ _polar(vh)
+    u_u, _, vh_u = torch.linalg.svd(u, full_matrices=False)
+    u_v, _, vh_v = torch.linalg.svd(vh, full_matrices=False)
+    return torch.linalg.multi_dot((u_u, vh_u, torch.diag(s), u_v, vh_v))  # the paper's code's product order
 
 
 def _iso_c(deltas: list[torch.Tensor], params: dict) -> torch.Tensor:
     u, s, vh = torch.linalg.svd(_sum_mean(deltas) * len(deltas), full_matrices=False)  # the sum, as its code has it
-    return (u * s.mean()) @ vh
+    return _isotropic(u, s, vh)
 
 
 def _iso_cts(deltas: list[torch.Tensor], params: dict) -> torch.Tensor:
@@ -89,7 +100,7 @@ def _iso_cts(deltas: list[torch.Tensor], params: dict) -> torch.Tensor:
         us.append(ut[:, :per_task]), ss.append(st[:per_task]), vhs.append(vht[:per_task])
     u_all = _polar(torch.cat([*us, uc], dim=1))
     vh_all = _polar(torch.cat([*vhs, vh[:common]], dim=0))
-    return (u_all * torch.cat([*ss, s[:common]]).mean()) @ vh_all
+    return _isotropic(u_all, torch.cat([*ss, s[:common]]), vh_all)
 
 
 def tsv_m(inputs: TensorInputs) -> torch.Tensor:
