@@ -60,9 +60,15 @@ CASES = {  # method: per-model extra parameters (density 1.0 unless given)
     "ramplus_tl@0.02": {},
     "della": {},  # density 1: no random drop (test_della.py checks the drop's distribution against mergekit's)
     "della_linear": {},
+    # gradients over the four layers and filters by tensor name (mergekit's own YAML forms)
+    "linear@gradient": {"weight": [0.2, 0.6, 1.0]},
+    "ties@gradient": {"density": [0.3, 0.9], "weight": [{"filter": "mlp", "value": [0.2, 1.0]}, {"value": 0.6}]},
+    "slerp@gradient": {},  # t as mergekit's examples/gradient-slerp.yml gives it
     "arcee_fusion": {},  # the base and expert0, like slerp (tensors under 10^6 entries: exact quartiles)  # (mergekit 0.1.5 ignores density for sce, as the paper's config gives it)
 }
 GLOBAL = {"sce@0.3": {"select_topk": 0.3}, "slerp": {"t": 0.3}, "slerp@0.8": {"t": 0.8},
+          "slerp@gradient": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                                   {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]},
           "nearswap": {"t": 0.01}, "model_stock@rows": {"filter_wise": True},
           "nuslerp@rows": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
           "nuslerp@lastdim": {"nuslerp_flatten": False},
@@ -71,7 +77,8 @@ GLOBAL = {"sce@0.3": {"select_topk": 0.3}, "slerp": {"t": 0.3}, "slerp@0.8": {"t
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    return make_family(tmp_path_factory.mktemp("family"), n_experts=3, seed=11)
+    # four layers: a gradient's value at t = 0, 1/3, 2/3 and 1 falls between its endpoints
+    return make_family(tmp_path_factory.mktemp("family"), n_experts=3, seed=11, layers=4)
 
 
 def _config(family, case: str, out_dtype: str | None, dtype: str = "float32") -> dict:

@@ -5,7 +5,8 @@
     models:
       - model: path-or-repo
         parameters: {weight: 1.0, preconditioner_path: ..., precond_threshold: 1e-19}
-    parameters: {...}           # global; a model's own value overrides it
+    parameters: {...}           # global; a model's own value overrides it; any value may be
+                                # a gradient or filters, as in mergekit (otamerge.settings)
     dtype: bfloat16             # output dtype unless out_dtype is given
     out_dtype: bfloat16
     tokenizer_source: base      # base | union | a model
@@ -25,6 +26,7 @@ import yaml
 
 from otamerge.errors import OtaMergeError
 from otamerge.methods.catalog import REQUIRED, MethodSpec, Param, method_spec
+from otamerge.settings import check_setting, evaluate, varies
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -39,7 +41,8 @@ TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_
 @dataclass(frozen=True)
 class ModelSpec:
     ref: str
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)     # resolved (for a varying setting: at no tensor)
+    settings: dict[str, Any] = field(default_factory=dict)   # as given, checked: per tensor via tensor_params
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,12 @@ class MergeConfig:
     out_dtype: torch.dtype | None
     tokenizer_source: str | None
     raw: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)   # the global parameters as given, checked
+
+    @property
+    def varies(self) -> bool:
+        """Whether a parameter is a gradient or filters somewhere: its values differ by tensor."""
+        return any(varies(v) for scope in [self.settings, *(m.settings for m in self.models)] for v in scope.values())
 
 
 def _dtype(value: Any, key: str) -> torch.dtype | None:
@@ -65,9 +74,6 @@ def _dtype(value: Any, key: str) -> torch.dtype | None:
 def _coerce(param: Param, value: Any, where: str) -> Any:
     if value is None:
         return None
-    if isinstance(value, (list, dict)):
-        raise OtaMergeError(f"{where}: parameter {param.name} must be a single value "
-                            "(gradients and tensor filters are not supported)")
     try:
         if param.kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -91,10 +97,10 @@ def _given(value: Any, otherwise: Any) -> Any:
     return otherwise if value is None else value
 
 
-def resolve_params(method: MethodSpec, global_raw: dict[str, Any],
-                   models_raw: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Global values and each model's values (its own, else the global one, else the
-    default), with unknown names, missing required values and bad values refused."""
+def check_settings(method: MethodSpec, global_raw: dict[str, Any], models_raw: list[tuple[str, dict[str, Any]]]
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every given setting checked (known name, per-model where set per model, each value or
+    gradient endpoint of the right kind); global and each model's."""
     known = {p.name: p for p in method.params}
     for key in global_raw:
         if key not in known:
@@ -106,24 +112,41 @@ def resolve_params(method: MethodSpec, global_raw: dict[str, Any],
                 raise OtaMergeError(f"model {ref}: unknown parameter {key!r} for merge_method {method.name}")
             if not known[key].per_model:
                 raise OtaMergeError(f"model {ref}: parameter {key!r} is global; set it under parameters")
-    glob = {}
-    for p in method.params:
-        if not p.per_model:
-            value = _given(global_raw.get(p.name), p.default)
-            if value is REQUIRED:
-                raise OtaMergeError(f"parameters: {method.name} needs parameter {p.name!r}")
-            glob[p.name] = _coerce(p, value, "parameters")
-    per_model = []
-    for ref, raw in models_raw:
-        values = {}
-        for p in method.params:
-            if p.per_model:
-                value = _given(raw.get(p.name), _given(global_raw.get(p.name), p.default))
-                if value is REQUIRED:
-                    raise OtaMergeError(f"model {ref}: {method.name} needs parameter {p.name!r}")
-                values[p.name] = _coerce(p, value, f"model {ref}")
-        per_model.append(values)
+
+    def checked(raw: dict[str, Any], where: str) -> dict[str, Any]:
+        return {k: check_setting(v, lambda x, p=known[k]: _coerce(p, x, where), where) for k, v in raw.items()}
+    return checked(global_raw, "parameters"), [checked(raw, f"model {ref}") for ref, raw in models_raw]
+
+
+def resolve_params(method: MethodSpec, global_settings: dict[str, Any],
+                   models: list[tuple[str, dict[str, Any]]], tensor: str | None = None,
+                   t: float = 0.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Global values and each model's values for ``tensor`` at layer position ``t`` (its own,
+    else the global one, else the default), a missing required value refused. Without a
+    tensor: the values no filter decides (a required one given only by filters is None)."""
+    def value(p: Param, scopes: list[dict[str, Any]], where: str) -> Any:
+        coerce = lambda x: _coerce(p, x, where)  # noqa: E731
+        out = p.default
+        for scope in reversed(scopes):  # the first scope given wins
+            out = _given(evaluate(scope.get(p.name), tensor or "", t, coerce), out)
+        if out is REQUIRED:
+            if tensor is None and any(varies(scope.get(p.name)) for scope in scopes):
+                return None  # decided per tensor
+            at = f"tensor {tensor}: " if tensor else ""
+            raise OtaMergeError(f"{at}{where}: {method.name} needs parameter {p.name!r}")
+        return coerce(out)
+
+    glob = {p.name: value(p, [global_settings], "parameters") for p in method.params if not p.per_model}
+    per_model = [{p.name: value(p, [own, global_settings], f"model {ref}") for p in method.params if p.per_model}
+                 for ref, own in models]
     return glob, per_model
+
+
+def tensor_params(cfg: MergeConfig, tensor: str, t: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The global and per-model parameters of one tensor (the config's own where nothing varies)."""
+    if not cfg.varies:
+        return cfg.params, [m.params for m in cfg.models]
+    return resolve_params(cfg.method, cfg.settings, [(m.ref, m.settings) for m in cfg.models], tensor, t)
 
 
 def parse_config(raw: dict[str, Any]) -> MergeConfig:
@@ -163,16 +186,18 @@ def parse_config(raw: dict[str, Any]) -> MergeConfig:
     global_raw = raw.get("parameters") or {}
     if not isinstance(global_raw, dict):
         raise OtaMergeError("merge config: parameters must be a mapping")
-    params, per_model = resolve_params(method, global_raw, models_raw)
+    settings, model_settings = check_settings(method, global_raw, models_raw)
+    params, per_model = resolve_params(method, settings, [(ref, s) for (ref, _), s in zip(models_raw, model_settings)])
     return MergeConfig(
         method=method,
         base=base if method.base != "ignored" else None,
-        models=[ModelSpec(ref, p) for (ref, _), p in zip(models_raw, per_model)],
+        models=[ModelSpec(ref, p, s) for (ref, _), p, s in zip(models_raw, per_model, model_settings)],
         params=params,
         dtype=_dtype(raw.get("dtype"), "dtype"),
         out_dtype=_dtype(raw.get("out_dtype"), "out_dtype"),
         tokenizer_source=raw.get("tokenizer_source"),
         raw=raw,
+        settings=settings,
     )
 
 

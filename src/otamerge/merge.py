@@ -22,7 +22,7 @@ from otamerge.io.atomic import atomic_dir, atomic_file, check_space
 from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.io.malloc import keep_freed_memory
 from otamerge.io.readahead import ChunkRead, ReadAhead
-from otamerge.config import MergeConfig, parse_config, read_config
+from otamerge.config import MergeConfig, parse_config, read_config, tensor_params
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.io.lora import open_model
@@ -30,6 +30,7 @@ from otamerge.methods.base import Implementation, TensorInputs, compute_dtype
 from otamerge.methods.catalog import GRAFT
 from otamerge.methods.registry import implementation
 from otamerge.names import CARD, MERGE_CONFIG
+from otamerge.settings import count_layers, layer_position
 from otamerge.io.model_config import read_model_config
 from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.io.resolve import resolve_model, resolve_preconditioner
@@ -58,7 +59,8 @@ class Plan:
     moments: list[Moments | None]
     out: list[TensorPlan]
     method: Implementation  # the engine's function for cfg.method
-    whole_tensors: bool  # the method must see whole tensors (no row chunks)
+    whole_tensors: bool
+    n_layers: int  # where a parameter is a gradient over the layers  # the method must see whole tensors (no row chunks)
     tokenizer: TokenizerPlan = field(default_factory=TokenizerPlan)
 
 
@@ -97,8 +99,9 @@ def make_plan(cfg: MergeConfig) -> Plan:
             dt = cfg.out_dtype or cfg.dtype or dt
         out.append(TensorPlan(name, reference.shape(name), dt))
     method = implementation(cfg.method.name)
-    whole = method.whole_tensor(cfg.params, [m.params for m in cfg.models])
-    return Plan(names, reference, base, models, moments, out, method, whole, tokenizer)
+    # a parameter that differs by tensor is resolved tensor by tensor, each read whole
+    whole = cfg.varies or method.whole_tensor(cfg.params, [m.params for m in cfg.models])
+    return Plan(names, reference, base, models, moments, out, method, whole, count_layers(names), tokenizer)
 
 
 def _compute_dtype(plan: Plan, name: str) -> torch.dtype:
@@ -149,6 +152,7 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
     if not plan.reference.dtype(name).is_floating_point:  # integer buffers: copied as they are
         writer.write(name, plan.reference.get(name))
         return
+    params, model_params = tensor_params(cfg, name, layer_position(name, plan.n_layers))
     for rows in _ranges(plan, tp, opts) or [None]:
         if reader is not None:
             base, models, moments = _split(plan, reader.take(name, rows))
@@ -159,8 +163,8 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
             base=base,
             models=models,
             moments=moments,
-            model_params=[m.params for m in cfg.models],
-            params=cfg.params,
+            model_params=model_params,
+            params=params,
             seed=opts.seed,
             owned=True,  # read for this call only
             out_dtype=tp.dtype,
