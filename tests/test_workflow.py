@@ -203,8 +203,11 @@ def test_demo_seeds_is_the_default_demo_over_three_seeds_with_pairs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     overlay = yaml.safe_load((REPO / "config/demo-seeds.yaml").read_text())
     experts, pairs, densities = 5, 10, len(default_config()["ffg"]["densities"])
-    # ties_sparsegpt dropped; four merges swept over the densities; pairs of each method the overlay names
-    merges = (len(default_config()["merges"]) - 1) + 4 * densities + len(overlay["subsets"]["methods"]) * pairs
+    # ties_sparsegpt dropped, the overlay's own merges added; four merges swept over the densities;
+    # pairs of each method the overlay names
+    added = [m for m, spec in overlay["merges"].items() if spec is not None]
+    assert added == ["tsv_m", "iso_c", "iso_cts"]
+    merges = (len(default_config()["merges"]) - 1 + len(added)) + 4 * densities + len(overlay["subsets"]["methods"]) * pairs
     # per seed: (fisher, magnitude) at each density, and fisher_rank1 at each for ota_ffg_rank1
     points = experts * 3 * densities
     assert job_counts(res.stdout + res.stderr) == {
