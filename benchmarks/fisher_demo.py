@@ -28,6 +28,7 @@ from otamerge.workflow import layout
 from otamerge.demo.train import MOMENTS_FILE
 from otamerge.evaluation.builtin import evaluate, load_model
 from otamerge.curvature.fisher import FisherCalibration, write_fisher
+from otamerge.families import fisher_task
 from otamerge.report.retention import gain_ratio
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -44,7 +45,7 @@ def curvatures(demo: Path, tasks: dict[str, str], args, n_eval: int, out: Path) 
             cal = FisherCalibration(task=task, samples=args.samples, batch_size=bs, seed=args.seed, n_eval=n_eval)
             path = out / f"{label}_{e}.safetensors"
             start = time.perf_counter()
-            write_fisher(demo / "experts" / e, path, cal, device="cpu", progress=False)
+            write_fisher(demo / "experts" / e, path, cal, device="cpu", progress=False, task=fisher_task(cal))
             seconds.setdefault(label, {})[e] = round(time.perf_counter() - start, 2)
             curv[label][e] = load_file(path)
     return curv, seconds

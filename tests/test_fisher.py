@@ -17,7 +17,8 @@ from otamerge.cli import main
 from otamerge.demo.model import make_batch, token_table
 from otamerge.demo.tokenizer import ALPHABET
 from otamerge.errors import OtaMergeError
-from otamerge.curvature.fisher import FisherCalibration, squared_gradients, task_examples, text_windows, write_fisher
+from otamerge.curvature.fisher import FisherCalibration, squared_gradients, text_windows, write_fisher
+from otamerge.families import fisher_task
 from otamerge.curvature.moments import Moments
 
 from checkpoints import make_family
@@ -81,16 +82,17 @@ def test_batched_fisher_squares_each_batch_mean_gradient(family, tmp_path):
     expert = family["expert0"]
     cal = FisherCalibration(task="add", samples=6, batch_size=3, seed=1, n_eval=10)
     out = tmp_path / "fisher.safetensors"
-    write_fisher(expert, out, cal, device="cpu", progress=False)
+    write_fisher(expert, out, cal, device="cpu", progress=False, task=fisher_task(cal))
     tok = AutoTokenizer.from_pretrained(expert)
     special = (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-    examples = task_examples(cal)
+    examples = fisher_task(cal).examples
     assert all(p.endswith("=") and len(a) == 3 for p, a in examples)
     batches = [make_batch(examples[i:i + 3], token_table(tok), *special) for i in (0, 3)]
     _close(load_file(out), _direct(expert, batches))
     # batch 1 is the per-sample Fisher, a different (larger) quantity
     per_sample = tmp_path / "per_sample.safetensors"
-    write_fisher(expert, per_sample, FisherCalibration(task="add", samples=6, seed=1, n_eval=10), "cpu", False)
+    per_sample_cal = FisherCalibration(task="add", samples=6, seed=1, n_eval=10)
+    write_fisher(expert, per_sample, per_sample_cal, "cpu", False, task=fisher_task(per_sample_cal))
     ratio = float(load_file(per_sample)["lm_head.weight"].sum() / load_file(out)["lm_head.weight"].sum())
     assert ratio > 1.5
 
@@ -191,10 +193,10 @@ def test_task_examples_never_draw_the_runs_held_out_prompts():
     from otamerge.demo.tasks import eval_set
 
     held = {p for p, _ in eval_set("add", 100, 0)}
-    drawn = {p for p, _ in task_examples(FisherCalibration(task="add", samples=2000, seed=5, heldout_seed=0))}
+    drawn = {p for p, _ in fisher_task(FisherCalibration(task="add", samples=2000, seed=5, heldout_seed=0)).examples}
     assert not drawn & held
     # with the sampling seed taken for the run's, seed 0's held-out prompts are drawn
-    other = {p for p, _ in task_examples(FisherCalibration(task="add", samples=2000, seed=5))}
+    other = {p for p, _ in fisher_task(FisherCalibration(task="add", samples=2000, seed=5)).examples}
     assert len(other & held) > 5
 
 

@@ -1,6 +1,7 @@
 """The package's layers point one way: the engine's rooms (curvature, ffg, io, methods, and
 the bottom modules names, errors, device) never import the layers above them (the merge
-config and loop, the CLI, the workflow's plan, the reports, the demo and the evaluators)."""
+config and loop, the CLI, the workflow's plan, the reports, the demo, the task families and
+the evaluators): the empirical Fisher takes a task's examples as data (FisherTask)."""
 
 import ast
 from pathlib import Path
@@ -9,7 +10,8 @@ from conftest import REPO
 
 PACKAGE = REPO / "src/otamerge"
 ENGINE = ("curvature", "ffg", "io", "methods", "names", "errors", "device")
-ABOVE = ("demo", "workflow", "config", "merge", "cli", "report", "evaluation", "pretrained", "extract_lora")
+ABOVE = ("demo", "workflow", "config", "merge", "cli", "report", "evaluation", "pretrained", "extract_lora",
+         "families")
 
 
 def _imports(path: Path) -> set[str]:

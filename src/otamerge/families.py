@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
+    from otamerge.curvature.fisher import FisherCalibration, FisherTask
     import torch
 
 Example = tuple[str, str]  # (prompt, exact answer)
@@ -155,3 +156,17 @@ def token_accuracy(family: Family, model, tokenizer, examples: Sequence[Example]
     """Share of answer tokens (and the closing end token) predicted right under teacher forcing."""
     right, scored = answer_token_hits(family, model, tokenizer, examples)
     return float(right.sum() / scored.sum())
+
+
+def fisher_task(cal: "FisherCalibration") -> "FisherTask | None":
+    """The examples of a task calibration of the empirical Fisher, drawn from its family's
+    training examples (never a held-out prompt of the run's seed), seeded; None for a text
+    calibration."""
+    from otamerge.curvature.fisher import FisherTask
+
+    if cal.task is None:
+        return None
+    family = get_family(cal.family)
+    heldout = cal.seed if cal.heldout_seed is None else cal.heldout_seed
+    return FisherTask(family.train_examples(cal.task, cal.samples, cal.n_eval, heldout, f"fisher/{cal.task}/{cal.seed}"),
+                      family.encode)

@@ -54,11 +54,13 @@ def _cmd_fisher(args: argparse.Namespace) -> None:
     import torch
 
     from otamerge.curvature.fisher import FisherCalibration, write_fisher
+    from otamerge.families import fisher_task
 
     cal = FisherCalibration(args.calibration, args.task, args.samples, args.batch_size, args.seqlen, args.seed,
                             args.n_eval, args.heldout_seed)
     start = time.perf_counter()
-    meta = write_fisher(args.model, args.out, cal, args.device, not args.quiet, getattr(torch, args.dtype))
+    meta = write_fisher(args.model, args.out, cal, args.device, not args.quiet, getattr(torch, args.dtype),
+                        fisher_task(cal))
     print(f"empirical Fisher of {args.model} from {meta['samples']} samples in {meta['batches']} batches "
           f"({time.perf_counter() - start:.1f} s) written to {args.out}")
 

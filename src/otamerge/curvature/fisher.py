@@ -14,8 +14,9 @@ a merge the same estimator.
 A sample is a window of ``seqlen`` tokens of calibration text (causal LM loss on every
 token; the windows do not overlap, so a text too short for ``samples`` of them is refused)
 or an example of the expert's own task where the workflow built it (loss on the answer
-and end token, as it was fine-tuned; ``otamerge.families``). Memory: the model plus one fp32 accumulator of its size; each
-gradient is squared into the accumulator and freed as soon as backward has produced it.
+and end token, as it was fine-tuned), handed in as data (``FisherTask``: the examples and
+their encoding; ``otamerge.families.fisher_task`` draws them). Memory: the model plus one
+fp32 accumulator of its size; each gradient is squared into the accumulator and freed as soon as backward has produced it.
 The result is written in the moments format (parameter names, fp32), so FFG, OTA and
 trimming read it wherever they read ``exp_avg_sq``.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -33,7 +35,6 @@ from otamerge.io.atomic import write_safetensors
 from otamerge.device import pick_device
 from otamerge.errors import OtaMergeError
 from otamerge.curvature.calibration import read_text
-from otamerge.families import get_family
 
 FISHER_META = "otamerge_fisher"  # one metadata key: several would vary the header's order
 Batch = tuple[torch.Tensor, torch.Tensor]  # input ids, labels (-100: no loss)
@@ -77,23 +78,27 @@ def text_windows(tokenizer, cal: FisherCalibration) -> torch.Tensor:
     return ids[: n * cal.seqlen].view(n, cal.seqlen)[pick]
 
 
-def task_examples(cal: FisherCalibration) -> list[tuple[str, str]]:
-    """Training examples of a family's task (never a held-out prompt), seeded."""
-    heldout = cal.seed if cal.heldout_seed is None else cal.heldout_seed
-    return get_family(cal.family).train_examples(cal.task, cal.samples, cal.n_eval, heldout,
-                                                 f"fisher/{cal.task}/{cal.seed}")
+@dataclass(frozen=True)
+class FisherTask:
+    """A task calibration's samples as data: (prompt, answer) examples, and the family's
+    encoding of a batch of them (tokenizer, examples) -> (input ids, mask, labels)."""
+
+    examples: Sequence[tuple[str, str]]
+    encode: Callable
 
 
-def calibration_batches(tokenizer, cal: FisherCalibration) -> list[Batch]:
+def calibration_batches(tokenizer, cal: FisherCalibration, task: FisherTask | None = None) -> list[Batch]:
     """The calibration set cut into batches of ``batch_size`` samples."""
     cal.check()
     b = cal.batch_size
     if cal.path is not None:
         windows = text_windows(tokenizer, cal)
         return [(w, w) for w in windows.split(b)]  # the model shifts the labels itself
-    examples, encode = task_examples(cal), get_family(cal.family).encode
+    if task is None:
+        raise OtaMergeError(f"empirical Fisher on task {cal.task}: its examples are not given")
+    examples = task.examples
     # right padding after the answer: causal attention keeps it out of every scored position
-    return [(ids, labels) for ids, _, labels in (encode(tokenizer, examples[i:i + b])
+    return [(ids, labels) for ids, _, labels in (task.encode(tokenizer, examples[i:i + b])
                                                   for i in range(0, len(examples), b))]
 
 
@@ -135,7 +140,7 @@ def squared_gradients(model: torch.nn.Module, batches: list[Batch], label: str,
 
 
 def estimate(model_dir: str | Path, cal: FisherCalibration, device: str = "auto", progress: bool = True,
-             dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict]:
+             dtype: torch.dtype = torch.float32, task: FisherTask | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The empirical Fisher of the model in ``model_dir`` (its own tokenizer) and the
     metadata saying how it was made."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -143,7 +148,7 @@ def estimate(model_dir: str | Path, cal: FisherCalibration, device: str = "auto"
     cal.check()
     label = f"model {model_dir}"
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-    batches = calibration_batches(tokenizer, cal)
+    batches = calibration_batches(tokenizer, cal, task)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True,
                                                  trust_remote_code=False)
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -158,9 +163,9 @@ def estimate(model_dir: str | Path, cal: FisherCalibration, device: str = "auto"
 
 
 def write_fisher(model_dir: str | Path, out: str | Path, cal: FisherCalibration, device: str = "auto",
-                 progress: bool = True, dtype: torch.dtype = torch.float32) -> dict:
+                 progress: bool = True, dtype: torch.dtype = torch.float32, task: FisherTask | None = None) -> dict:
     """Estimate and write the empirical Fisher to ``out`` (atomically, only when every
-    tensor is finite); returns its metadata."""
-    fisher, meta = estimate(model_dir, cal, device, progress, dtype)
+    tensor is finite); returns its metadata. ``task``: the examples of ``cal.task``."""
+    fisher, meta = estimate(model_dir, cal, device, progress, dtype, task)
     write_safetensors(out, fisher, {FISHER_META: json.dumps(meta, sort_keys=True)})
     return meta
