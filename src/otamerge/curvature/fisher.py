@@ -17,8 +17,8 @@ or an example of the expert's own task where the workflow built it (loss on the 
 and end token, as it was fine-tuned), handed in as data (``FisherTask``: the examples and
 their encoding; ``otamerge.families.fisher_task`` draws them). Memory: the model plus one
 fp32 accumulator of its size; each gradient is squared into the accumulator and freed as
-soon as backward has produced it. The result is written in the moments format (parameter names, fp32), so FFG, OTA and
-trimming read it wherever they read ``exp_avg_sq``.
+soon as backward has produced it. The result is written in the moments format (parameter
+names, fp32), so FFG, OTA and trimming read it wherever they read ``exp_avg_sq``.
 """
 
 from __future__ import annotations
