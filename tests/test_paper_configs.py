@@ -71,6 +71,7 @@ def test_ffg_config_is_the_graft_otamerge_ffg_writes(fam, tmp_path):
     ({"parameters": {"density": 1.5}}, "outside"),
     ({"parameters": {"density": 0.3, "metric": "taylor"}}, "metric='taylor' is not one of fisher, magnitude, sparsegpt"),
     ({"models": [{"model": "FAMILY/expert0"}, {"model": "FAMILY/expert1"}]}, "grafts one expert; models lists 2"),
+    ({"parameters": {"density": [0.1, 0.3]}}, "grafts at one density: its parameters take single values"),
 ])
 def test_ffg_config_refuses_bad_values_and_writes_nothing(fam, tmp_path, bad, message):
     src = next(c for c in CONFIGS if c.name == "FFG__ffg_fisher_coding.yml")

@@ -59,8 +59,8 @@ class Plan:
     moments: list[Moments | None]
     out: list[TensorPlan]
     method: Implementation  # the engine's function for cfg.method
-    whole_tensors: bool
-    n_layers: int  # where a parameter is a gradient over the layers  # the method must see whole tensors (no row chunks)
+    whole_tensors: bool  # the method must see whole tensors (no row chunks)
+    n_layers: int  # where a parameter is a gradient over the layers
     tokenizer: TokenizerPlan = field(default_factory=TokenizerPlan)
 
 
@@ -245,6 +245,8 @@ def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions 
         cfg = parse_config(raw)
         if cfg.method is GRAFT and len(cfg.models) != 1:
             raise OtaMergeError(f"merge_method ffg grafts one expert; models lists {len(cfg.models)} besides the base")
+        if cfg.method is GRAFT and cfg.varies:
+            raise OtaMergeError("merge_method ffg grafts at one density: its parameters take single values")
     except OtaMergeError as exc:
         raise OtaMergeError(f"{config_path}: {exc}") from None
     return (graft_file if cfg.method is GRAFT else run_merge)(cfg, out_dir, opts)
