@@ -17,6 +17,9 @@ MERGEKIT_VENV ?= .venv-mergekit
 # https://github.com/pmahdavi/ota-merge>/.git, or any git dir of it).
 FORK_VENV ?= .venv-fork
 FORK_GIT ?= /work/.mirror/pmahdavi+ota-merge/repo
+# FusionBench (TSV-M, Iso-C, Iso-CTS as their papers' code has them) in a venv of its own,
+# only for benchmarks/subspace_agreement.py
+FUSIONBENCH_VENV ?= .venv-fusionbench
 
 .PHONY: demo pretrained smollm2 test lint clean
 
@@ -57,6 +60,11 @@ smollm2: $(VENV)/.installed
 $(MERGEKIT_VENV)/.installed:
 	$(PYTHON) -m venv $(MERGEKIT_VENV)
 	$(MERGEKIT_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC) mergekit==0.1.5
+	touch $@
+
+$(FUSIONBENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(FUSIONBENCH_VENV)
+	$(FUSIONBENCH_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC) fusion-bench==0.2.33
 	touch $@
 
 $(FORK_VENV)/.installed:

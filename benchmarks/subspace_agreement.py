@@ -5,7 +5,7 @@
 FusionBench (PyPI ``fusion-bench``) merges whole state dicts in memory; its requirements
 are its own, so it lives in a separate venv:
 
-    python3 -m venv .venv-fusionbench && .venv-fusionbench/bin/pip install torch==2.13.0 fusion-bench
+    make .venv-fusionbench/.installed   # fusion-bench 0.2.33 and torch 2.13.0
 
 Builds a small Llama-shaped family (benchmarks/synthetic.py: base and 3 experts, bf16,
 vocabulary 512, hidden 64, 2 layers), merges it with each method through ``otamerge merge``
