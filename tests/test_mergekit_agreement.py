@@ -8,6 +8,7 @@ OTAMERGE_REQUIRE_MERGEKIT=1 so that a missing mergekit fails instead of skipping
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -75,6 +76,25 @@ GLOBAL = {"sce@0.3": {"select_topk": 0.3}, "slerp": {"t": 0.3}, "slerp@0.8": {"t
           "ram@0.02": {"epsilon": 0.02}, "ramplus_tl@0.02": {"epsilon": 0.02, "r": 0.5, "alpha": 0.9}}  # case: global parameters
 
 
+def _sliced(family) -> dict[str, dict]:
+    """mergekit's slices: layers stacked from two models (passthrough), examples/gradient-slerp.yml's
+    form, and a linear merge whose two slices differ in models and in slice-level parameters."""
+    def src(model, start, end, **params):
+        return {"model": str(family[model]), "layer_range": [start, end], **({"parameters": params} if params else {})}
+    common = {"dtype": "float32"}
+    return {
+        "passthrough": {"merge_method": "passthrough", **common,
+                        "slices": [{"sources": [src("expert0", 0, 3)]}, {"sources": [src("expert1", 1, 4)]}]},
+        "slerp": {"merge_method": "slerp", "base_model": str(family["base"]), **common,
+                  "slices": [{"sources": [src("base", 0, 4), src("expert0", 0, 4)]}],
+                  "parameters": GLOBAL["slerp@gradient"]},
+        "linear": {"merge_method": "linear", **common, "parameters": {"weight": 0.5},
+                   "slices": [{"sources": [src("expert0", 0, 2, weight=0.3), src("expert1", 0, 2, weight=0.7)],
+                               "parameters": {"normalize": False}},
+                              {"sources": [src("expert1", 2, 4), src("expert2", 2, 4, weight=[0.2, 0.8])]}]},
+    }
+
+
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     # four layers: a gradient's value at t = 0, 1/3, 2/3 and 1 falls between its endpoints
@@ -122,6 +142,7 @@ def mergekit(family, bf16_family, tmp_path_factory) -> dict[str, tuple[dict, Pat
     """Every config of this module, merged by mergekit-yaml 0.1.5: key -> (config, output)."""
     cfgs = {f"{case}-{out}": _config(family, case, out) for case in CASES for out in (None, "bfloat16")}
     cfgs["bf16-compute"] = _config(bf16_family, "task_arithmetic", None, dtype="bfloat16")
+    cfgs.update({f"sliced-{k}": cfg for k, cfg in _sliced(family).items()})
     root = tmp_path_factory.mktemp("mergekit")
     args = []
     for key, cfg in cfgs.items():
@@ -177,3 +198,13 @@ def test_bf16_compute_is_closer_to_fp64_than_mergekits(mergekit, bf16_family, tm
         err_theirs += float((theirs[k].double() - exact).abs().sum())
     print(f"bf16 task_arithmetic: total abs error vs fp64, ours {err_ours:.4g}, mergekit {err_theirs:.4g}")
     assert err_ours < err_theirs
+
+
+@pytest.mark.parametrize("case", ["passthrough", "slerp", "linear"])
+def test_slices_equal_to_mergekit_within_one_ulp(mergekit, tmp_path, case):
+    ours, theirs = _both(mergekit, tmp_path, f"sliced-{case}")
+    assert set(ours) == set(theirs)
+    assert max(float(ulps(ours[k], theirs[k]).max()) for k in ours) <= 1.0
+    layers = json.loads((tmp_path / "ours/config.json").read_text())["num_hidden_layers"]
+    assert layers == json.loads((mergekit[f"sliced-{case}"][1] / "config.json").read_text())["num_hidden_layers"]
+    assert layers == {"passthrough": 6, "slerp": 4, "linear": 4}[case]

@@ -7,6 +7,7 @@
         parameters: {weight: 1.0, preconditioner_path: ..., precond_threshold: 1e-19}
     parameters: {...}           # global; a model's own value overrides it; any value may be
                                 # a gradient or filters, as in mergekit (otamerge.settings)
+    slices: [...]               # instead of models: layer ranges (otamerge.slices)
     dtype: bfloat16             # output dtype unless out_dtype is given
     out_dtype: bfloat16
     tokenizer_source: base      # base | union | a model
@@ -27,6 +28,7 @@ import yaml
 from otamerge.errors import OtaMergeError
 from otamerge.methods.catalog import REQUIRED, MethodSpec, Param, method_spec
 from otamerge.settings import check_setting, evaluate, varies
+from otamerge.slices import Slice, parse_slices
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -34,7 +36,7 @@ DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "float64": torch.float64, "fp64": torch.float64,
 }
-TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
+TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "name"}
 
 
@@ -56,11 +58,13 @@ class MergeConfig:
     tokenizer_source: str | None
     raw: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)   # the global parameters as given, checked
+    slices: tuple[Slice, ...] = ()   # mergekit's slices (otamerge.slices); models then lists their sources
 
     @property
     def varies(self) -> bool:
-        """Whether a parameter is a gradient or filters somewhere: its values differ by tensor."""
-        return any(varies(v) for scope in [self.settings, *(m.settings for m in self.models)] for v in scope.values())
+        """Whether parameters may differ by tensor (gradients, filters, slices)."""
+        return bool(self.slices) or any(
+            varies(v) for scope in [self.settings, *(m.settings for m in self.models)] for v in scope.values())
 
 
 def _dtype(value: Any, key: str) -> torch.dtype | None:
@@ -118,11 +122,12 @@ def check_settings(method: MethodSpec, global_raw: dict[str, Any], models_raw: l
     return checked(global_raw, "parameters"), [checked(raw, f"model {ref}") for ref, raw in models_raw]
 
 
-def resolve_params(method: MethodSpec, global_settings: dict[str, Any],
-                   models: list[tuple[str, dict[str, Any]]], tensor: str | None = None,
+def resolve_params(method: MethodSpec, shared: list[dict[str, Any]],
+                   models: list[tuple[str, list[dict[str, Any]]]], tensor: str | None = None,
                    t: float = 0.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Global values and each model's values for ``tensor`` at layer position ``t`` (its own,
-    else the global one, else the default), a missing required value refused. Without a
+    """Global values and each model's values for ``tensor`` at layer position ``t``: the
+    first scope that gives one (a model's own scopes, then the ``shared`` ones: a slice's,
+    the global parameters), else the default; a missing required value refused. Without a
     tensor: the values no filter decides (a required one given only by filters is None)."""
     def value(p: Param, scopes: list[dict[str, Any]], where: str) -> Any:
         coerce = lambda x: _coerce(p, x, where)  # noqa: E731
@@ -136,8 +141,8 @@ def resolve_params(method: MethodSpec, global_settings: dict[str, Any],
             raise OtaMergeError(f"{at}{where}: {method.name} needs parameter {p.name!r}")
         return coerce(out)
 
-    glob = {p.name: value(p, [global_settings], "parameters") for p in method.params if not p.per_model}
-    per_model = [{p.name: value(p, [own, global_settings], f"model {ref}") for p in method.params if p.per_model}
+    glob = {p.name: value(p, shared, "parameters") for p in method.params if not p.per_model}
+    per_model = [{p.name: value(p, [*own, *shared], f"model {ref}") for p in method.params if p.per_model}
                  for ref, own in models]
     return glob, per_model
 
@@ -146,7 +151,14 @@ def tensor_params(cfg: MergeConfig, tensor: str, t: float) -> tuple[dict[str, An
     """The global and per-model parameters of one tensor (the config's own where nothing varies)."""
     if not cfg.varies:
         return cfg.params, [m.params for m in cfg.models]
-    return resolve_params(cfg.method, cfg.settings, [(m.ref, m.settings) for m in cfg.models], tensor, t)
+    return resolve_params(cfg.method, [cfg.settings], [(m.ref, [m.settings]) for m in cfg.models], tensor, t)
+
+
+def slice_params(cfg: MergeConfig, piece: Slice, refs: list[str], tensor: str, t: float
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The parameters of one tensor of a slice, for the slice's sources ``refs`` (the base's left out)."""
+    own = {src.ref: src.settings for src in piece.sources}
+    return resolve_params(cfg.method, [piece.settings, cfg.settings], [(r, [own[r]]) for r in refs], tensor, t)
 
 
 def parse_config(raw: dict[str, Any]) -> MergeConfig:
@@ -154,8 +166,9 @@ def parse_config(raw: dict[str, Any]) -> MergeConfig:
         raise OtaMergeError("merge config must be a mapping")
     unknown = set(raw) - TOP_KEYS
     if unknown:
-        hint = " (slices are not supported; list whole models)" if "slices" in unknown else ""
-        raise OtaMergeError(f"merge config: unknown key(s) {', '.join(sorted(unknown))}{hint}")
+        raise OtaMergeError(f"merge config: unknown key(s) {', '.join(sorted(unknown))}")
+    if ("models" in raw) == ("slices" in raw):
+        raise OtaMergeError("merge config: give either models or slices")
     if "merge_method" not in raw:
         raise OtaMergeError("merge config: merge_method is missing")
     method = method_spec(str(raw["merge_method"]))
@@ -163,7 +176,9 @@ def parse_config(raw: dict[str, Any]) -> MergeConfig:
     if isinstance(base, dict):
         base = base.get("model")
     base = str(base) if base is not None else None
-    entries = raw.get("models") or []
+    slices = parse_slices(raw["slices"], lambda g, m: check_settings(method, g, m)) if "slices" in raw else ()
+    # with slices, the models are their sources, each once (their parameters are per slice)
+    entries = list(dict.fromkeys(src.ref for s in slices for src in s.sources)) if slices else raw.get("models")
     if not isinstance(entries, list) or not entries:
         raise OtaMergeError("merge config: models must be a non-empty list")
     models_raw: list[tuple[str, dict[str, Any]]] = []
@@ -187,7 +202,8 @@ def parse_config(raw: dict[str, Any]) -> MergeConfig:
     if not isinstance(global_raw, dict):
         raise OtaMergeError("merge config: parameters must be a mapping")
     settings, model_settings = check_settings(method, global_raw, models_raw)
-    params, per_model = resolve_params(method, settings, [(ref, s) for (ref, _), s in zip(models_raw, model_settings)])
+    params, per_model = resolve_params(method, [settings],
+                                       [(ref, [s]) for (ref, _), s in zip(models_raw, model_settings)])
     return MergeConfig(
         method=method,
         base=base if method.base != "ignored" else None,
@@ -198,6 +214,7 @@ def parse_config(raw: dict[str, Any]) -> MergeConfig:
         tokenizer_source=raw.get("tokenizer_source"),
         raw=raw,
         settings=settings,
+        slices=slices,
     )
 
 

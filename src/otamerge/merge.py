@@ -12,13 +12,13 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import yaml
 from tqdm import tqdm
 
-from otamerge.io.atomic import atomic_dir, atomic_file, check_space
+from otamerge.card import card_text
+from otamerge.io.atomic import atomic_dir, check_space
 from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
 from otamerge.io.malloc import keep_freed_memory
 from otamerge.io.readahead import ChunkRead, ReadAhead
@@ -31,10 +31,11 @@ from otamerge.methods.catalog import GRAFT
 from otamerge.methods.registry import implementation
 from otamerge.names import CARD, MERGE_CONFIG
 from otamerge.settings import count_layers, layer_position
+from otamerge.slice_merge import merge_sliced, plan_sliced
+from otamerge.slices import SlicedTensor, total_layers
 from otamerge.io.model_config import read_model_config
 from otamerge.curvature.moments import Moments, check_full_moments, check_importance_kind
 from otamerge.io.resolve import resolve_model, resolve_preconditioner
-from otamerge.io.model_card import read_choices, read_scores, render, sources
 from otamerge.io.tokenizer_source import TokenizerPlan, plan_tokenizer
 from otamerge.io.writer import ShardedWriter, TensorPlan
 
@@ -62,6 +63,8 @@ class Plan:
     whole_tensors: bool  # the method must see whole tensors (no row chunks)
     n_layers: int  # where a parameter is a gradient over the layers
     tokenizer: TokenizerPlan = field(default_factory=TokenizerPlan)
+    sliced: dict[str, SlicedTensor] = field(default_factory=dict)  # config slices: output name -> its inputs
+    by_ref: dict[str, Checkpoint] = field(default_factory=dict)    # config slices: each source's checkpoint
 
 
 def make_plan(cfg: MergeConfig) -> Plan:
@@ -85,6 +88,12 @@ def make_plan(cfg: MergeConfig) -> Plan:
     # (tokenizer_source union over different vocabularies re-indexes the embedding rows)
     refs = ([cfg.base] if base else []) + [spec.ref for spec in cfg.models]
     tokenizer, base, models = plan_tokenizer(cfg.tokenizer_source, refs, base, models, moments)
+    if cfg.slices:
+        if needs_moments:
+            raise OtaMergeError(f"slices: merge_method {cfg.method.name} reads curvature, which slices do not take")
+        first, sliced, out, by_ref = plan_sliced(cfg, base, models)
+        return Plan(list(sliced), first, base, models, [None] * len(models), out, implementation(cfg.method.name),
+                    True, 0, tokenizer, sliced, by_ref)
     reference = base or models[0]
     names = reference.names()
     for ckpt in models:
@@ -172,10 +181,12 @@ def _merge_tensor(cfg: MergeConfig, plan: Plan, tp: TensorPlan, device: torch.de
         writer.write(name, plan.method.merge(inputs).to(tp.dtype))
 
 
-def _write_config(src: Path, out: Path, dtype: torch.dtype | None) -> None:
+def _write_config(src: Path, out: Path, dtype: torch.dtype | None, layers: int | None = None) -> None:
     config = read_model_config(src, str(src))
     if config is None:
         return
+    if layers is not None:  # slices stack their layers
+        config["num_hidden_layers"] = layers
     if dtype is not None:
         name = str(dtype).removeprefix("torch.")
         config["dtype"] = name
@@ -210,12 +221,17 @@ def _execute(cfg: MergeConfig, plan: Plan, out_dir: str | Path, device: torch.de
         with reader or nullcontext():
             for i, tp in enumerate(tqdm(plan.out, desc=f"merge ({cfg.method.name})", unit="tensor",
                                         disable=not opts.progress)):
+                if plan.sliced:
+                    writer.write(tp.name, merge_sliced(cfg, plan.sliced[tp.name], plan.by_ref, plan.method, tp, device,
+                                                       opts.seed))
+                    continue
                 if i + 1 < len(plan.out):  # the next tensor's bytes come in while this one is merged
                     for c in inputs:
                         c.prefetch(plan.out[i + 1].name)
                 _merge_tensor(cfg, plan, tp, device, opts, writer, reader)
         writer.close()
-        _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype)
+        _write_config(plan.reference.path, tmp, cfg.out_dtype or cfg.dtype,
+                      total_layers(cfg.slices) if cfg.slices else None)
         plan.tokenizer.write(tmp)
         (tmp / MERGE_CONFIG).write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
         # like mergekit's, every merged folder has a card
@@ -250,24 +266,3 @@ def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions 
     except OtaMergeError as exc:
         raise OtaMergeError(f"{config_path}: {exc}") from None
     return (graft_file if cfg.method is GRAFT else run_merge)(cfg, out_dir, opts)
-
-
-def card_text(cfg: MergeConfig, choices: list[dict] | None = None, scores: list[dict] | None = None,
-              title: str | None = None) -> str:
-    """The card of a merge by its parsed config: the base and models as the merge read them."""
-    return render(cfg.raw, sources(cfg.base, [m.ref for m in cfg.models]), choices, scores, title)
-
-
-def write_card(model_dir: str | Path, out: str | Path | None = None, choices: str | Path | None = None,
-               score_files: Iterable[str | Path] = (), title: str | None = None) -> Path:
-    """Write the card of the merged model in ``model_dir`` (its merge_config.yml) to
-    ``out`` (default: the model's own README.md)."""
-    model_dir = Path(model_dir)
-    config = model_dir / MERGE_CONFIG
-    if not config.is_file():
-        raise OtaMergeError(f"{model_dir}: no merge_config.yml (not a merged model folder)")
-    text = card_text(parse_config(read_config(config)), read_choices(choices), read_scores(score_files), title)
-    out = Path(out) if out else model_dir / CARD
-    with atomic_file(out) as fh:
-        fh.write(text)
-    return out

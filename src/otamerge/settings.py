@@ -68,9 +68,14 @@ def evaluate(setting: Any, tensor: str, t: float, coerce: Coerce) -> Any:
     return coerce((1 - frac) * setting[low] + frac * setting[high])
 
 
+def layer_match(tensor: str) -> re.Match | None:
+    """The match of a layer tensor's index (group 1), None outside the layers."""
+    return _LAYER.search(tensor)
+
+
 def layer_position(tensor: str, n_layers: int) -> float:
     """t of a tensor: i / (n - 1) for layer i of n, 1 for a single layer, 0 outside the layers."""
-    m = _LAYER.search(tensor)
+    m = layer_match(tensor)
     if m is None:
         return 0.0
     return int(m.group(1)) / (n_layers - 1) if n_layers > 1 else 1.0
@@ -78,5 +83,5 @@ def layer_position(tensor: str, n_layers: int) -> float:
 
 def count_layers(names: list[str]) -> int:
     """The number of layers of a model by its tensor names."""
-    found = [int(m.group(1)) for m in map(_LAYER.search, names) if m]
+    found = [int(m.group(1)) for m in map(layer_match, names) if m]
     return max(found) + 1 if found else 0

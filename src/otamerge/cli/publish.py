@@ -6,7 +6,7 @@ import argparse
 
 
 def _cmd_card(args: argparse.Namespace) -> None:
-    from otamerge.merge import write_card
+    from otamerge.card import write_card
 
     out = write_card(args.model_dir, args.out, args.thresholds, args.scores or (), args.title)
     print(f"model card written to {out}")
