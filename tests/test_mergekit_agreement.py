@@ -95,6 +95,37 @@ def _sliced(family) -> dict[str, dict]:
     }
 
 
+def _examples(family) -> dict[str, dict]:
+    """mergekit's examples/ (its README's configs) with their models mapped onto a 40-layer
+    family (A, B, C the experts, BASE the base) and dtype float32, where both compute alike."""
+    a, b, c, base = (str(family[m]) for m in ("expert0", "expert1", "expert2", "base"))
+    f32 = {"dtype": "float32"}
+    return {
+        "linear": {"merge_method": "linear", **f32, "models": [
+            {"model": a, "parameters": {"weight": 1.0}}, {"model": b, "parameters": {"weight": 0.3}},
+            {"model": c, "parameters": {"weight": 0.5}}]},
+        "ties": {"merge_method": "ties", "base_model": base, **f32, "parameters": {"normalize": True, "int8_mask": True},
+                 "models": [{"model": a, "parameters": {"density": [1, 0.7, 0.1], "weight": 1.0}},
+                            {"model": b, "parameters": {"density": 0.5, "weight": [0, 0.3, 0.7, 1]}},
+                            {"model": c, "parameters": {"density": 0.33, "weight": [{"filter": "mlp", "value": 0.5},
+                                                                                     {"value": 0}]}}]},
+        "bio-merge": {"merge_method": "ties", "base_model": base, **f32,
+                      "parameters": {"normalize": False, "int8_mask": True},
+                      "models": [{"model": a, "parameters": {"density": 0.5, "weight": 0.5}},
+                                 {"model": b, "parameters": {"density": 0.5, "weight": 0.5}}]},
+        "gradient-slerp": {"merge_method": "slerp", "base_model": base, **f32, "parameters": GLOBAL["slerp@gradient"],
+                           "slices": [{"sources": [{"model": base, "layer_range": [0, 40]},
+                                                   {"model": a, "layer_range": [0, 40]}]}]},
+        "orcamini-platy-44layer": {"merge_method": "passthrough", **f32, "slices": [
+            {"sources": [{"model": base, "layer_range": [0, 24]}]}, {"sources": [{"model": a, "layer_range": [20, 40]}]}]},
+    }
+
+
+@pytest.fixture(scope="module")
+def family40(tmp_path_factory):
+    return make_family(tmp_path_factory.mktemp("family40"), n_experts=3, seed=3, layers=40, hidden=8)
+
+
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     # four layers: a gradient's value at t = 0, 1/3, 2/3 and 1 falls between its endpoints
@@ -138,11 +169,12 @@ def bf16_family(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mergekit(family, bf16_family, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
+def mergekit(family, bf16_family, family40, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
     """Every config of this module, merged by mergekit-yaml 0.1.5: key -> (config, output)."""
     cfgs = {f"{case}-{out}": _config(family, case, out) for case in CASES for out in (None, "bfloat16")}
     cfgs["bf16-compute"] = _config(bf16_family, "task_arithmetic", None, dtype="bfloat16")
     cfgs.update({f"sliced-{k}": cfg for k, cfg in _sliced(family).items()})
+    cfgs.update({f"example-{k}": cfg for k, cfg in _examples(family40).items()})
     root = tmp_path_factory.mktemp("mergekit")
     args = []
     for key, cfg in cfgs.items():
@@ -208,3 +240,12 @@ def test_slices_equal_to_mergekit_within_one_ulp(mergekit, tmp_path, case):
     layers = json.loads((tmp_path / "ours/config.json").read_text())["num_hidden_layers"]
     assert layers == json.loads((mergekit[f"sliced-{case}"][1] / "config.json").read_text())["num_hidden_layers"]
     assert layers == {"passthrough": 6, "slerp": 4, "linear": 4}[case]
+
+
+@pytest.mark.parametrize("example", ["linear", "ties", "bio-merge", "gradient-slerp", "orcamini-platy-44layer"])
+def test_mergekits_examples_equal_to_mergekit_within_one_ulp(mergekit, tmp_path, example):
+    ours, theirs = _both(mergekit, tmp_path, f"example-{example}")
+    assert set(ours) == set(theirs)
+    assert max(float(ulps(ours[k], theirs[k]).max()) for k in ours) <= 1.0
+    layers = json.loads((tmp_path / "ours/config.json").read_text())["num_hidden_layers"]
+    assert layers == (44 if example == "orcamini-platy-44layer" else 40)
