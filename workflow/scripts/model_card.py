@@ -1,4 +1,4 @@
-from otamerge.merge import write_card
+from otamerge.card import write_card
 from otamerge.logs import job
 
 with job(snakemake.log[0]):
