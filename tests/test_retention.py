@@ -131,7 +131,7 @@ def test_retention_files_lead_with_exact_match(tmp_path):
         f.parent.mkdir(parents=True)
         f.write_text(json.dumps(rows.drop(columns="seed").to_dict("records")))
         files.append(f)
-    merges = {n: {"method": i.method, "subset": i.subset, "experts": list(i.experts)} for n, i in MERGES.items()}
+    merges = {n: {"configured": i.configured, "subset": i.subset, "experts": list(i.experts)} for n, i in MERGES.items()}
     out = {k: tmp_path / f"{k}.out" for k in ("md", "csv", "size", "seed")}
     write_retention(files, merges, TASKS, out["md"], out["csv"], out["size"], out["seed"])
     csv = pd.read_csv(out["csv"])
@@ -152,7 +152,7 @@ def test_no_task_scores_no_retention(tmp_path):
     f.write_text(json.dumps([{"model": "base", "task": "heldout", "metric": "perplexity", "score": 3.0, "n": 9,
                               "backend": "perplexity"}]))
     out = [tmp_path / n for n in ("a.md", "b.csv", "c.csv", "d.csv")]
-    agg = write_retention([f], {"m": {"method": "m", "subset": "all", "experts": ["add"]}}, {"add": "add"}, *out)
+    agg = write_retention([f], {"m": {"configured": "m", "subset": "all", "experts": ["add"]}}, {"add": "add"}, *out)
     assert agg.empty and "no retention" in out[0].read_text()
 
 
@@ -167,8 +167,8 @@ def test_points_of_a_density_sweep_are_their_own_rows_outside_the_ranking_and_si
         f.parent.mkdir(parents=True)
         f.write_text(json.dumps(rows.drop(columns="seed").to_dict("records")))
         files.append(f)
-    merges = {"m": {"method": "m", "subset": "all", "experts": ["add", "facts"], "density": None},
-              "m@0.05": {"method": "m", "subset": "all", "experts": ["add", "facts"], "density": "0.05"}}
+    merges = {"m": {"configured": "m", "subset": "all", "experts": ["add", "facts"], "density": None},
+              "m@0.05": {"configured": "m", "subset": "all", "experts": ["add", "facts"], "density": "0.05"}}
     out = {k: tmp_path / f"{k}.out" for k in ("md", "csv", "size", "seed")}
     write_retention(files, merges, TASKS, out["md"], out["csv"], out["size"], out["seed"])
     csv = pd.read_csv(out["csv"]).set_index("merge")

@@ -71,7 +71,7 @@ def retention_by_seed(scores: pd.DataFrame, merges: Mapping[str, MergeInfo],
             continue
         for seed, g in sel.groupby("seed", sort=True):
             score = {(m, t): s for m, t, s in zip(g.model, g.task, g.score)}
-            rows += [{"merge": i.name, "method": i.method, "subset": i.subset, "subset_size": i.size,
+            rows += [{"merge": i.name, "method": i.configured, "subset": i.subset, "subset_size": i.size,
                       "density": float(i.density) if i.density else math.nan, "seed": seed,
                       "backend": backend, "metric": metric,
                       "retention": merge_retention(score, i.name, i.experts, tasks)} for i in merges.values()]

@@ -187,8 +187,8 @@ def write_sweep(score_files: Iterable[str | Path], thresholds: Mapping[str, str]
 
 
 def merge_infos(merges: Mapping[str, Mapping]) -> dict[str, MergeInfo]:
-    """MergeInfo from the plain values the workflow passes (method, subset, experts)."""
-    return {name: MergeInfo(name, m["method"], m["subset"], tuple(m["experts"]), m.get("density"))
+    """MergeInfo from the plain values the workflow passes (configured merge, subset, experts)."""
+    return {name: MergeInfo(name, m["configured"], m["subset"], tuple(m["experts"]), m.get("density"))
             for name, m in merges.items()}
 
 

@@ -229,7 +229,7 @@ class Plan:
 
     def merge_infos(self) -> dict[str, dict[str, Any]]:
         """What the retention table needs of each merge, as plain values (job params)."""
-        return {m: {"method": i.method, "subset": i.subset, "experts": list(i.experts), "density": i.density}
+        return {m: {"configured": i.configured, "subset": i.subset, "experts": list(i.experts), "density": i.density}
                 for m, i in self.merge_info.items()}
 
     # -- evaluation -------------------------------------------------------------------------

@@ -34,11 +34,13 @@ SWEEP = "sweep"  # merges.<m>.densities: every density of the FFG sweep
 
 @dataclass(frozen=True)
 class MergeInfo:
-    """What a merge combines: its configured merge (``method``), which subset, which
-    experts, and for a point of a merge's density sweep its density (a label, e.g. ``0.05``)."""
+    """What a merge combines: the configured merge it comes from (``configured``: itself, or
+    the merge a subset or a density point is taken of; the tables' ``method`` column), which
+    subset, which experts, and for a point of a merge's density sweep its density (a label,
+    e.g. ``0.05``)."""
 
     name: str
-    method: str
+    configured: str
     subset: str
     experts: tuple[str, ...]
     density: str | None = None
@@ -176,5 +178,5 @@ def sweep_points(infos: dict[str, MergeInfo]) -> dict[str, dict[str, str]]:
     points: dict[str, dict[str, str]] = {}
     for name, info in infos.items():
         if info.density:
-            points.setdefault(info.method, {})[info.density] = name
+            points.setdefault(info.configured, {})[info.density] = name
     return points
