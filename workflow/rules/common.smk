@@ -7,7 +7,7 @@ from otamerge.demo.settings import base_data, expert_config
 from otamerge.workflow import layout
 from otamerge.workflow.merge_specs import FFG_METRICS
 from otamerge.workflow.plan import Plan
-from otamerge.workflow.targets import final_output
+from otamerge.workflow.targets import claims_files, claims_models, final_output, plotted_models
 
 
 # the schema's defaults are filled in here, before anything reads the config

@@ -80,9 +80,9 @@ rule plots:
         sweep=layout.summary("sweep.csv"),
         thresholds=layout.summary("thresholds.csv"),
         # where FFG keeps edits and the curvature overlap: the first seed's models
-        grafts=list(PLAN.plotted_models()["grafts"].values()),
+        grafts=list(plotted_models(PLAN)["grafts"].values()),
         base=layout.downloaded_model(PLAN.seeds[0], "base"),
-        experts=list(PLAN.plotted_models()["experts"].values()),
+        experts=list(plotted_models(PLAN)["experts"].values()),
     output:
         sweep=report(layout.plot("ffg_sweep"), caption="../report/ffg_sweep.rst", category="4. Plots"),
         methods=report(layout.plot("methods"), caption="../report/methods.rst", category="4. Plots"),
@@ -97,7 +97,7 @@ rule plots:
     params:
         score=PLAN.sweep_score,
         seed=PLAN.seeds[0],
-        models=PLAN.plotted_models(),  # the input grafts and experts by name
+        models=plotted_models(PLAN),  # the input grafts and experts by name
         graft_merge=lambda wc: PLAN.ffg_merges[0],
         graft_metric=lambda wc: PLAN.merges[PLAN.ffg_merges[0]]["ffg"],
     threads: 1
@@ -115,14 +115,14 @@ rule claims:
         by_seed=layout.summary("retention_by_seed.csv"),
         sweep=layout.summary("sweep.csv"),
         thresholds=layout.summary("thresholds.csv"),
-        models=PLAN.claims_models(),
+        models=claims_models(PLAN),
     output:
         table=report(layout.summary("claims.md"), caption="../report/claims.rst", category="0. Claims"),
         csv=layout.summary("claims.csv"),
     log:
         layout.log("claims", None, "claims"),
     params:
-        seeds=PLAN.claims_files(),
+        seeds=claims_files(PLAN),
         merges=PLAN.claim_merges,
         ffg_metric=PLAN.merges[PLAN.claim_merges["ota_ffg"]]["ffg"] if PLAN.claim_merges["ota_ffg"] in PLAN.ffg_merges else None,
     threads: 1

@@ -34,18 +34,7 @@ class Plan:
         self.config = config
         # every seed runs the whole family; each job's path and params hold only its own seed
         self.seeds = config_seeds(config)
-        # The models the workflow builds itself, then "downloads" from disk: the tiny demo
-        # (family tiny) or experts fine-tuned from a real pretrained base (family pretrained,
-        # config/smollm2.yaml); without either, config.models names hub repos or local folders.
-        self.family = "tiny" if config.get("demo") else "pretrained" if config.get("pretrained") else None
-        self.build = config[FAMILY_SECTION[self.family]] if self.family else None
-        self.outdir = self.build["outdir"] if self.build else None
-        self.n_eval = self.build["n_eval"] if self.build else 100  # held-out prompts per task of a built family
-        if self.build:  # an expert set to null is dropped (a config merged over another can remove one)
-            self.build["experts"] = {e: s for e, s in self.build["experts"].items() if s is not None}
-            self.task = {e: spec["task"] for e, spec in self.build["experts"].items()}
-        else:
-            self.task = {e: spec.get("task") for e, spec in config["models"]["experts"].items()}
+        self._read_family(config)
         self.experts = list(self.task)
         self.models = ["base", *self.experts]
         # one spelling per sweep point: 0.1 and 0.10 are one job
@@ -75,16 +64,7 @@ class Plan:
         self.perplexity_texts = self.perplexity.get("texts", {})
         self.published = publish_repos(config.get("publish"), list(self.merges), self.seeds)  # {(seed, merge): repo}
         self.lora = lora_merges(config.get("lora"), list(self.merges), self.seeds)
-        # where each expert's curvature comes from: its optimizer's exp_avg_sq (adam) or an
-        # empirical Fisher estimated here (curvature.source, per expert curvature.experts)
-        self.curvature = config["curvature"]
-        self.fisher_experts = [e for e in self.experts if self.curvature["experts"].get(
-            e, self.curvature["source"]) == "empirical_fisher"]
-        # experts whose empirical Fisher some job reads: those above, and the experts of
-        # merges that weigh with it (merges.<m>.moments: empirical_fisher, Fisher merging)
-        self.fisher_needed = sorted(set(self.fisher_experts) | {
-            e for m, spec in self.merges.items() if moments_kind(spec) == "empirical_fisher"
-            for e in self.merge_info[m].experts})
+        self._read_curvature(config)
         # merges of all their experts; subset merges choose the same grafts (one expert's
         # density depends on its own scores only), so the graft rows and plots read these
         # (not the points of a density sweep, each at one density)
@@ -92,6 +72,32 @@ class Plan:
                            and self.merge_info[m].subset == ALL and self.merge_info[m].density is None]
         self.claim_merges = config["claims"]  # the merge each claim reads (the schema's defaults filled)
         check_plan(self, environ)
+
+    def _read_family(self, config: dict[str, Any]) -> None:
+        """The models the workflow builds itself, then "downloads" from disk: the tiny demo
+        (family tiny) or experts fine-tuned from a real pretrained base (family pretrained,
+        config/smollm2.yaml); without either, config.models names hub repos or local folders."""
+        self.family = "tiny" if config.get("demo") else "pretrained" if config.get("pretrained") else None
+        self.build = config[FAMILY_SECTION[self.family]] if self.family else None
+        self.outdir = self.build["outdir"] if self.build else None
+        self.n_eval = self.build["n_eval"] if self.build else 100  # held-out prompts per task of a built family
+        if self.build:  # an expert set to null is dropped (a config merged over another can remove one)
+            self.build["experts"] = {e: s for e, s in self.build["experts"].items() if s is not None}
+            self.task = {e: spec["task"] for e, spec in self.build["experts"].items()}
+        else:
+            self.task = {e: spec.get("task") for e, spec in config["models"]["experts"].items()}
+
+    def _read_curvature(self, config: dict[str, Any]) -> None:
+        """Where each expert's curvature comes from: its optimizer's exp_avg_sq (adam) or an
+        empirical Fisher estimated here (curvature.source, per expert curvature.experts); and
+        the experts whose empirical Fisher some job reads: those, and the experts of merges
+        that weigh with it (merges.<m>.moments: empirical_fisher, Fisher merging)."""
+        self.curvature = config["curvature"]
+        self.fisher_experts = [e for e in self.experts if self.curvature["experts"].get(
+            e, self.curvature["source"]) == "empirical_fisher"]
+        self.fisher_needed = sorted(set(self.fisher_experts) | {
+            e for m, spec in self.merges.items() if moments_kind(spec) == "empirical_fisher"
+            for e in self.merge_info[m].experts})
 
     # -- where models and curvature come from ------------------------------------------
 
@@ -284,25 +290,3 @@ class Plan:
         every = [b for b in self.backends if b in ("builtin", self.threshold_backend)]
         return (self.evaluated(candidates, every)
                 + self.evaluated(fixed, [b for b in self.backends if b not in every]))
-
-    def plotted_models(self) -> dict[str, dict[str, str]]:
-        """The first seed's models the plots read, by name -> folder: the candidate grafts
-        (where FFG keeps edits) and the experts (their curvature's overlap)."""
-        seed = self.seeds[0]
-        return {"grafts": {g: layout.model_folder(seed, g) for g in self.graft_candidates()},
-                "experts": {e: layout.downloaded_model(seed, e) for e in self.experts}}
-
-    # -- the claims job -----------------------------------------------------------------------
-
-    def claims_files(self) -> dict[int, dict[str, Any]]:
-        """Per seed what the claims job reads: the base, each expert's moments, the candidate grafts."""
-        grafts = self.graft_candidates()
-        return {s: {"base": layout.downloaded_model(s, "base"),
-                    "moments": {e: self.moments_file(s, e) for e in self.experts},
-                    "grafts": {g: layout.model_folder(s, g) for g in grafts}} for s in self.seeds}
-
-    def claims_models(self) -> list[str]:
-        grafts = self.graft_candidates()
-        return [f for s in self.seeds for f in [layout.downloaded_model(s, "base"),
-                                                *(self.moments_input(s, e) for e in self.experts),
-                                                *(layout.model_folder(s, g) for g in grafts)]]

@@ -1,9 +1,9 @@
-"""The run's final targets: what ``snakemake`` with no target builds. Imports no torch or
-Snakemake (tests/test_plan.py)."""
+"""The run's final targets (what ``snakemake`` with no target builds) and what its report
+jobs read: the plots' and the claims' models. Imports no torch or Snakemake (tests/test_plan.py)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from otamerge.workflow import layout
 
@@ -37,3 +37,27 @@ def final_output(plan: Plan) -> list[str]:
         if plan.validated:
             out += [layout.summary("merge_choice.md")]
     return out
+
+
+def plotted_models(plan: Plan) -> dict[str, dict[str, str]]:
+    """The first seed's models the plots read, by name -> folder: the candidate grafts
+    (where FFG keeps edits) and the experts (their curvature's overlap)."""
+    seed = plan.seeds[0]
+    return {"grafts": {g: layout.model_folder(seed, g) for g in plan.graft_candidates()},
+            "experts": {e: layout.downloaded_model(seed, e) for e in plan.experts}}
+
+
+def claims_files(plan: Plan) -> dict[int, dict[str, Any]]:
+    """Per seed what the claims job reads: the base, each expert's moments, the candidate grafts."""
+    grafts = plan.graft_candidates()
+    return {s: {"base": layout.downloaded_model(s, "base"),
+                "moments": {e: plan.moments_file(s, e) for e in plan.experts},
+                "grafts": {g: layout.model_folder(s, g) for g in grafts}} for s in plan.seeds}
+
+
+def claims_models(plan: Plan) -> list[str]:
+    """The claims job's model inputs (folders and moments files), every seed."""
+    grafts = plan.graft_candidates()
+    return [f for s in plan.seeds for f in [layout.downloaded_model(s, "base"),
+                                            *(plan.moments_input(s, e) for e in plan.experts),
+                                            *(layout.model_folder(s, g) for g in grafts)]]
