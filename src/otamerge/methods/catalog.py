@@ -153,6 +153,8 @@ _SPECS = (
                description="the task vectors' sum with a flat singular spectrum (Iso-C)"),
     MethodSpec("iso_cts", (Param("scaling_factor", 1.0), Param("common_space_fraction", 0.8)),
                description="Iso-C in a common subspace plus each task's own directions (Iso-CTS)"),
+    MethodSpec("regmean", (Param("gram_path", per_model=True, kind=str), Param("reduce_non_diagonal_ratio", 1.0)),
+               base="ignored", description="per linear layer the least-squares merge on each model's own inputs (RegMean)"),
     MethodSpec("ota", _OTA, base="optional", curvature="always",
                description="curvature-weighted merge with FFG masks (OTA+FFG)"),
 )

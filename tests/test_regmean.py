@@ -1,0 +1,82 @@
+"""RegMean against the least-squares problem it solves, computed here with numpy in fp64
+from the inputs themselves (not from Gram matrices), and through the command line on a
+family whose Gram matrices come from `otamerge hessians`."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from otamerge.methods.base import TensorInputs
+from otamerge.methods.regmean import regmean
+
+
+def _models(tmp_path, n=3, out=5, inp=4, seed=0):
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((20 + 7 * i, inp)) for i in range(n)]  # each model's own inputs
+    ws = [rng.standard_normal((out, inp)) for _ in range(n)]
+    paths = []
+    for i, x in enumerate(xs):
+        path = tmp_path / f"gram{i}.safetensors"
+        save_file({"layer.weight": torch.from_numpy(x.T @ x)}, str(path))
+        paths.append(str(path))
+    return xs, ws, paths
+
+
+def _inputs(name, ws, paths, ratio):
+    models = [torch.from_numpy(w) for w in ws]
+    return TensorInputs(name, None, models, [None] * len(ws), [{"gram_path": p} for p in paths],
+                        {"reduce_non_diagonal_ratio": ratio})
+
+
+def test_regmean_is_the_least_squares_merge_of_the_layers_outputs(tmp_path):
+    xs, ws, paths = _models(tmp_path)
+    # min_W sum_i ||X_i W^T - X_i W_i^T||^2: one least-squares problem over the stacked inputs
+    exact, *_ = np.linalg.lstsq(np.vstack(xs), np.vstack([x @ w.T for x, w in zip(xs, ws)]), rcond=None)
+    np.testing.assert_allclose(regmean(_inputs("layer.weight", ws, paths, 1.0)).numpy(), exact.T, rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_shrinking_the_off_diagonals_moves_towards_the_inputs_weighted_mean(tmp_path):
+    xs, ws, paths = _models(tmp_path, seed=1)
+    grams = [x.T @ x for x in xs]
+    shrunk = [0.6 * g + np.diag(0.4 * np.diag(g)) for g in grams]
+    expected = np.linalg.solve(sum(shrunk), sum(g @ w.T for g, w in zip(shrunk, ws))).T
+    np.testing.assert_allclose(regmean(_inputs("layer.weight", ws, paths, 0.6)).numpy(), expected, rtol=1e-10)
+    # ratio 0: each input column weighted by its squared activations alone (diagonal Grams)
+    diag = [np.diag(g) for g in grams]
+    expected0 = sum(d * w for d, w in zip(diag, ws)) / sum(diag)
+    np.testing.assert_allclose(regmean(_inputs("layer.weight", ws, paths, 0.0)).numpy(), expected0, rtol=1e-10)
+
+
+def test_a_tensor_without_gram_matrices_is_the_models_mean(tmp_path):
+    _, ws, paths = _models(tmp_path)
+    np.testing.assert_allclose(regmean(_inputs("other.weight", ws, paths, 1.0)).numpy(), np.mean(ws, axis=0))
+
+
+def test_regmean_from_the_hessians_of_each_experts_own_text(tmp_path):
+    from checkpoints import make_family
+    from otamerge.cli import main
+
+    fam = make_family(tmp_path / "fam", n_experts=2, seed=5, hidden=16)
+    models = []
+    for i in range(2):
+        text = tmp_path / f"text{i}.txt"
+        text.write_text(" ".join(f"{j:02d}+{j + 3 * i:02d}={2 * j:03d} <abc=cba" for j in range(40)))
+        assert main(["hessians", str(fam[f"expert{i}"]), str(tmp_path / f"h{i}"), "--calibration", str(text),
+                     "--samples", "3", "--seqlen", "12", "--quiet"]) == 0
+        models.append({"model": str(fam[f"expert{i}"]), "parameters": {"gram_path": str(tmp_path / f"h{i}")}})
+    cfg = tmp_path / "regmean.yml"
+    cfg.write_text(yaml.safe_dump({"merge_method": "regmean", "models": models, "dtype": "float32"}))
+    assert main(["merge", str(cfg), str(tmp_path / "out"), "--quiet"]) == 0
+    merged = load_file(str(tmp_path / "out/model.safetensors"))
+    ws = [load_file(str(fam[f"expert{i}"] / "model.safetensors")) for i in range(2)]
+    grams = [load_file(str(next((tmp_path / f"h{i}").glob("*.safetensors")))) for i in range(2)]
+    name = "model.layers.1.mlp.down_proj.weight"
+    g = [x[name].double().numpy() for x in grams]
+    expected = np.linalg.solve(sum(g), sum(gi @ w[name].double().numpy().T for gi, w in zip(g, ws))).T
+    np.testing.assert_allclose(merged[name].double().numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(merged[name], (ws[0][name] + ws[1][name]) / 2)
+    torch.testing.assert_close(merged["model.embed_tokens.weight"],
+                               (ws[0]["model.embed_tokens.weight"] + ws[1]["model.embed_tokens.weight"]) / 2)
