@@ -73,12 +73,15 @@ def layer_match(tensor: str) -> re.Match | None:
     return _LAYER.search(tensor)
 
 
+def gradient_t(index: int, n_layers: int) -> float:
+    """mergekit's position of layer ``index`` of ``n_layers``: i / (n - 1), 1 for a single layer."""
+    return index / (n_layers - 1) if n_layers > 1 else 1.0
+
+
 def layer_position(tensor: str, n_layers: int) -> float:
-    """t of a tensor: i / (n - 1) for layer i of n, 1 for a single layer, 0 outside the layers."""
+    """t of a tensor: gradient_t of its layer, 0 outside the layers."""
     m = layer_match(tensor)
-    if m is None:
-        return 0.0
-    return int(m.group(1)) / (n_layers - 1) if n_layers > 1 else 1.0
+    return 0.0 if m is None else gradient_t(int(m.group(1)), n_layers)
 
 
 def count_layers(names: list[str]) -> int:

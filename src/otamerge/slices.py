@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from otamerge.errors import OtaMergeError
-from otamerge.settings import layer_match
+from otamerge.settings import gradient_t, layer_match
 
 _PRE = re.compile(r"embed|(?:^|\.)wte\.|(?:^|\.)wpe\.")
 
@@ -104,8 +104,7 @@ def plan_slices(slices: tuple[Slice, ...], names: list[str]) -> list[SlicedTenso
     offset = 0
     for s in slices:
         for j in range(s.n_layers):
-            t = j / (s.n_layers - 1) if s.n_layers > 1 else 1.0
-            out += [SlicedTensor(_renamed(n, offset + j), s, t, tuple(_renamed(n, src.start + j) for src in s.sources))
+            out += [SlicedTensor(_renamed(n, offset + j), s, gradient_t(j, s.n_layers), tuple(_renamed(n, src.start + j) for src in s.sources))
                     for n in layer0]
         offset += s.n_layers
     out += [SlicedTensor(n, slices[-1], 0.0, (n,) * len(slices[-1].sources)) for n in outside if n not in pre]
