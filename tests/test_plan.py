@@ -139,3 +139,24 @@ def test_an_olmes_task_that_needs_a_key_stops_the_run_without_it():
     with pytest.raises(ValueError, match="needs the environment variable OPENAI_API_KEY"):
         plan(cfg)
     assert plan(cfg, {"OPENAI_API_KEY": "k"}).backend_tasks("olmes") == ["alpaca_eval_v2::tulu"]
+
+
+def test_regmean_merges_read_each_experts_gram_matrices_on_its_own_text():
+    cfg = default_config()
+    cfg["merges"]["regmean"] = {"method": "regmean", "expert_parameters": {"sort": {"gram_path": "mine/sort"}}}
+    p = plan(cfg)
+    others = [e for e in p.experts if e != "sort"]
+    assert p.gram_needed == sorted(others)  # the one given its own gram_path is not computed
+    params = p.merge_config_params(1, "regmean")
+    assert params["grams"] == {e: layout.gram_dir(1, e) for e in others}
+    assert p.merge_config_inputs(1, "regmean")["grams"] == [layout.gram_dir(1, e) for e in others]
+    assert p.gram_text(1, "add") == layout.expert_text("resources/demo", 1, "add")
+    assert "grams" not in p.merge_config_params(1, "linear")  # other merges' params unchanged
+    hub = hub_config()
+    hub["merges"]["regmean"] = {"method": "regmean"}
+    with pytest.raises(ValueError, match="Gram matrices of experts add, sort .* give regmean.calibration"):
+        plan(hub)
+    hub["regmean"] = {"calibration": "text/{expert}-{seed}.txt"}
+    assert plan(hub).gram_text(2, "sort") == "text/sort-2.txt"
+    hub["merges"]["regmean"]["model_parameters"] = {"gram_path": "shared"}
+    assert plan(hub).gram_needed == []

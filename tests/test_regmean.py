@@ -80,3 +80,52 @@ def test_regmean_from_the_hessians_of_each_experts_own_text(tmp_path):
     assert not torch.equal(merged[name], (ws[0][name] + ws[1][name]) / 2)
     torch.testing.assert_close(merged["model.embed_tokens.weight"],
                                (ws[0]["model.embed_tokens.weight"] + ws[1]["model.embed_tokens.weight"]) / 2)
+
+
+def test_the_workflow_computes_each_experts_gram_matrices_on_its_own_task(tmp_path):
+    """A RegMean merge of the tiny demo: each expert's text holds only its own task's
+    training examples; its Gram matrix of a linear layer is X^T X of that layer's inputs
+    in the expert on windows of that text (hooked here); the merged layer is the
+    least-squares merge solved here from those matrices."""
+    import re
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import tiny_config
+    from otamerge.curvature.calibration import Calibration, calibration_tokens
+    from otamerge.workflow import layout
+    from workflow_utils import snakemake
+
+    cfg = tiny_config()
+    cfg["demo"]["threads"] = 1
+    cfg["merges"] = {"regmean": {"method": "regmean", "dtype": "float32"}}
+    cfg["regmean"] = {"examples": 300, "samples": 6, "seqlen": 32}
+    wf = tmp_path / "wf"
+    run = snakemake(wf, "--cores", "2", layout.merged_model(0, "regmean"), config=cfg)
+    assert run.returncode == 0, run.stderr[-3000:]
+    pattern = {"add": r"\d+\+\d+=\d+", "rev": r"<[a-z]+=[a-z]+"}
+    name = "model.layers.1.self_attn.q_proj.weight"
+    grams, weights = [], []
+    for expert in ("add", "rev"):
+        text = wf / layout.expert_text("resources/demo", 0, expert)
+        examples = text.read_text().split(" ")
+        assert len(examples) == 300 and all(re.fullmatch(pattern[expert], x) for x in examples), examples[:5]
+        folder = wf / layout.downloaded_model(0, expert)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        tokens = calibration_tokens(AutoTokenizer.from_pretrained(folder), Calibration(str(text), 6, 32, 0))
+        seen = []
+        layer = model.model.layers[1].self_attn.q_proj
+        hook = layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].reshape(-1, m.in_features)))
+        with torch.no_grad():
+            model(input_ids=tokens)
+        hook.remove()
+        x = torch.cat(seen).double().numpy()
+        gram = load_file(str(next((wf / layout.gram_dir(0, expert)).glob("*.safetensors"))))[name].double().numpy()
+        np.testing.assert_allclose(gram, x.T @ x, rtol=1e-4, atol=1e-4 * np.abs(gram).max())
+        grams.append(gram)
+        weights.append(layer.weight.detach().double().numpy())
+    merged = load_file(str(wf / layout.merged_model(0, "regmean") / "model.safetensors"))[name].double().numpy()
+    expected = np.linalg.solve(sum(grams), sum(g @ w.T for g, w in zip(grams, weights))).T
+    np.testing.assert_allclose(merged, expected, rtol=1e-4, atol=1e-6)
+    config = yaml.safe_load((wf / layout.merge_config(0, "regmean")).read_text())
+    assert [m["parameters"]["gram_path"] for m in config["models"]] == [layout.gram_dir(0, e) for e in ("add", "rev")]

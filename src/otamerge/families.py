@@ -35,6 +35,7 @@ class Family:
     encode: Callable[[object, Sequence[Example]], Batch]     # (tokenizer, examples)
     generate: Callable[[object, object, Sequence[str], int], list[str]]  # (model, tokenizer, prompts, k)
     texts: Callable[[int, int, int], tuple[str, str]]  # (n_examples, n_eval, seed) -> (calibration, held-out)
+    join: Callable[[Sequence[Example]], str]  # examples as running text, as ``texts`` writes them
     stop: str            # the text of the token that ends an answer (lm_eval's generation stops there)
     chat: bool = False   # prompts go through the tokenizer's chat template (lm_eval --apply_chat_template)
 
@@ -70,7 +71,8 @@ def _tiny() -> Family:
         return calibration_text(n, n_eval, seed), heldout_text(n_eval, seed)
 
     return Family("tiny", lambda: list(tasks.TASKS), tasks.eval_set, train_examples,
-                  lambda t: tasks.get_task(t).max_answer_len + 1, encode, generate, texts, stop="</s>")
+                  lambda t: tasks.get_task(t).max_answer_len + 1, encode, generate, texts,
+                  lambda examples: " ".join(p + a for p, a in examples), stop="</s>")
 
 
 def _pretrained() -> Family:
@@ -91,7 +93,7 @@ def _pretrained() -> Family:
 
     return Family("pretrained", lambda: list(tasks.TASKS), tasks.eval_set, train_examples,
                   lambda t: tasks.get_task(t).max_new_tokens, encode, generate, tasks.texts,
-                  stop="<|im_end|>", chat=True)
+                  lambda examples: "\n".join(f"{p} {a}" for p, a in examples), stop="<|im_end|>", chat=True)
 
 
 FAMILIES = {"tiny": _tiny, "pretrained": _pretrained}
@@ -110,6 +112,12 @@ def validation_set(fam: Family, task: str, n: int, seed: int) -> list[Example]:
             if len(found) == n:
                 break
     return sorted(found.items())
+
+
+def task_text(fam: Family, task: str, n_examples: int, n_eval: int, seed: int) -> str:
+    """``n_examples`` training examples of one task (none of its held-out prompts) as
+    running text, seeded: an expert's own text (RegMean's Gram matrices of its inputs)."""
+    return fam.join(fam.train_examples(task, n_examples, n_eval, seed, f"task_text/{task}/{seed}"))
 
 
 def get_family(name: str) -> Family:

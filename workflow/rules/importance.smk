@@ -4,7 +4,7 @@ if "sparsegpt" in config:
 
     rule hessians:
         input:
-            base=layout.downloaded_model("{seed}", "base"),
+            model=layout.downloaded_model("{seed}", "base"),
             calibration=lambda wc: layout.per_seed(config["sparsegpt"]["calibration"], wc.seed),
         output:
             directory(layout.hessians_dir("{seed}")),

@@ -15,7 +15,7 @@ COLUMNS = ["expert", "mode", "density", "threshold", "achieved_density", "metric
 with job(snakemake.log[0]):
     p, inp = snakemake.params[0], snakemake.input
     experts, moments = p["experts"], p["moments"] or None  # expert -> its folder, its moments file
-    cfg = merge_template(p["spec"], experts, inp.base, moments)
+    cfg = merge_template(p["spec"], experts, inp.base, moments, p.get("grams"))
     rows = []
     if p["spec"].get("ffg"):
         t, metric = p["thresholds"], p["spec"]["ffg"]

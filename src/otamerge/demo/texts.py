@@ -1,5 +1,5 @@
-"""The demo's plain-text files: calibration text for the SparseGPT Hessians and the
-held-out text the perplexity backend scores.
+"""The demo's plain-text files: calibration text for the SparseGPT Hessians, the
+held-out text the perplexity backend scores, and each expert's own text (RegMean).
 
 Examples are written as ``prompt + answer`` separated by spaces, on one line without a
 final newline (the character-level tokenizer has no newline). Calibration text is drawn from the full tasks, never a
@@ -34,3 +34,11 @@ def write_texts(calibration: str | Path, heldout: str | Path, n_examples: int, n
     for path, text in zip((calibration, heldout), get_family(family).texts(n_examples, n_eval, seed)):
         with atomic_file(path) as fh:
             fh.write(text)
+
+
+def write_expert_text(path: str | Path, family: str, task: str, n_examples: int, n_eval: int, seed: int) -> None:
+    """One expert's own text: its task's training examples (``otamerge.families.task_text``)."""
+    from otamerge.families import get_family, task_text
+
+    with atomic_file(path) as fh:
+        fh.write(task_text(get_family(family), task, n_examples, n_eval, seed))

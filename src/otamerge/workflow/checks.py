@@ -37,6 +37,9 @@ def check_plan(plan: Plan, environ: Mapping[str, str] = os.environ) -> None:
     if plan.fisher_needed and plan.outdir is None and "calibration" not in plan.curvature:
         raise ValueError("curvature source empirical_fisher needs curvature.calibration (text) for hub or "
                          "local experts")
+    if plan.gram_needed and plan.outdir is None and "calibration" not in cfg["regmean"]:
+        raise ValueError(f"RegMean merges read Gram matrices of experts {', '.join(plan.gram_needed)} on their own "
+                         "text: give regmean.calibration (text, {expert} replaced) or each expert's gram_path")
     mode = cfg["thresholds"]["mode"]
     if mode == "merge" and not (plan.family and "builtin" in plan.backends):
         raise ValueError("thresholds.mode merge chooses on the builtin evaluator's validation prompts of a "

@@ -80,6 +80,11 @@ def demo_text(outdir: str, seed: Seed, name: str) -> str:
     return f"{demo_root(outdir, seed)}/text/{name}.txt"
 
 
+def expert_text(outdir: str, seed: Seed, expert: str) -> str:
+    """Training examples of one built expert's own task (its RegMean Gram matrices)."""
+    return demo_text(outdir, seed, f"own/{expert}")
+
+
 # models, moments, importance
 
 def downloaded_model(seed: Seed, name: str) -> str:
@@ -118,6 +123,11 @@ def rank1_report(seed: Seed, expert: str) -> str:
 
 def fisher_moments(seed: Seed, expert: str) -> str:
     return moments_path(seed, expert, "empirical_fisher.safetensors")
+
+
+def gram_dir(seed: Seed, expert: str) -> str:
+    """X^T X of every linear layer's inputs on the expert's own text (RegMean's gram_path)."""
+    return moments_path(seed, expert, "gram")
 
 
 def hessians_dir(seed: Seed) -> str:

@@ -34,14 +34,24 @@ def moments_kind(spec: dict[str, Any]) -> str | None:
     return "sparsegpt" if reads == "trim_by" and trim == "sparsegpt" else None
 
 
+def gram_experts(spec: dict[str, Any], experts: Iterable[str]) -> list[str]:
+    """The experts of a merge spec whose Gram matrices the workflow computes: those of a
+    method reading a per-model ``gram_path`` (RegMean) that the spec does not give them."""
+    if "gram_path" not in CATALOG[spec["method"]].per_model or "gram_path" in (spec.get("model_parameters") or {}):
+        return []
+    given = spec.get("expert_parameters") or {}
+    return [e for e in experts if "gram_path" not in (given.get(e) or {})]
+
+
 def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
-                   moments: dict[str, str] | None = None) -> dict[str, Any]:
+                   moments: dict[str, str] | None = None, grams: dict[str, str] | None = None) -> dict[str, Any]:
     """A merge config (as `otamerge merge` reads it) for one merge spec of the workflow.
 
     experts: name -> model folder; moments: name -> moments or importance file (OTA, and
-    trimming by curvature). Every expert gets the spec's ``model_parameters``, then its own
-    ``expert_parameters``, its fixed FFG threshold (``thresholds``) as ``precond_threshold``,
-    and its file as ``preconditioner_path`` where the method reads one.
+    trimming by curvature); grams: name -> its Gram matrices (RegMean; gram_experts).
+    Every expert gets the spec's ``model_parameters``, then its own ``expert_parameters``,
+    its fixed FFG threshold (``thresholds``) as ``precond_threshold``, its file as
+    ``preconditioner_path`` where the method reads one and its ``gram_path``.
     """
     needs = moments_kind(spec) is not None
     per_expert, thresholds = spec.get("expert_parameters") or {}, spec.get("thresholds") or {}
@@ -54,6 +64,8 @@ def merge_template(spec: dict[str, Any], experts: dict[str, str], base_dir: str,
             if not moments or name not in moments:
                 raise OtaMergeError(f"merge {spec}: expert {name} has no moments file")
             params["preconditioner_path"] = moments[name]
+        if grams and name in grams:
+            params["gram_path"] = grams[name]
         models.append({"model": folder, "parameters": params})
     cfg: dict[str, Any] = {"merge_method": spec["method"], "models": models,
                            "parameters": dict(spec.get("parameters") or {}),

@@ -17,7 +17,7 @@ from otamerge.names import EXPORTED_MOMENTS
 from otamerge.ffg.densities import density_label
 from otamerge.workflow import layout
 from otamerge.workflow.checks import check_plan
-from otamerge.workflow.merge_specs import FFG_METRICS, moments_kind
+from otamerge.workflow.merge_specs import FFG_METRICS, gram_experts, moments_kind
 from otamerge.workflow.publish import lora_merges, publish_repos
 from otamerge.workflow.seeds import config_seeds
 from otamerge.workflow.subsets import ALL, expand_merges, sweep_points
@@ -98,6 +98,9 @@ class Plan:
         self.fisher_needed = sorted(set(self.fisher_experts) | {
             e for m, spec in self.merges.items() if moments_kind(spec) == "empirical_fisher"
             for e in self.merge_info[m].experts})
+        # experts whose Gram matrices on their own text some merge reads (RegMean)
+        self.gram_needed = sorted({e for m, spec in self.merges.items()
+                                   for e in gram_experts(spec, self.merge_info[m].experts)})
 
     # -- where models and curvature come from ------------------------------------------
 
@@ -146,6 +149,14 @@ class Plan:
         family's experts default to their own task's examples."""
         path = self.curvature.get("calibration")
         return layout.per_seed(path, seed).replace("{expert}", expert) if path else None
+
+    def gram_text(self, seed: int | str, expert: str) -> str:
+        """The text an expert's Gram matrices are computed on: regmean.calibration ({seed}
+        and {expert} replaced), else a built expert's own task's training examples."""
+        path = self.config["regmean"].get("calibration")
+        if path:
+            return layout.per_seed(path, seed).replace("{expert}", expert)
+        return layout.expert_text(self.outdir, seed, expert)
 
     # -- merges and their thresholds ------------------------------------------------------
 
@@ -197,6 +208,8 @@ class Plan:
         kind = moments_kind(spec)
         if kind:
             inputs["moments"] = [self.moments_input(seed, e, kind) for e in experts]
+        if "grams" in params:
+            inputs["grams"] = list(params["grams"].values())
         if spec.get("ffg"):
             inputs["sweeps"] = [point["graft"] for point in params["thresholds"]["points"]]
             if self.chooses_by_merge(merge):
@@ -215,6 +228,9 @@ class Plan:
         kind = moments_kind(spec)
         params = {"spec": spec, "experts": {e: layout.downloaded_model(seed, e) for e in experts},
                   "moments": {e: self.moments_file(seed, e, kind) for e in experts} if kind else {}}
+        grams = gram_experts(spec, experts)
+        if grams:
+            params["grams"] = {e: layout.gram_dir(seed, e) for e in grams}
         if spec.get("ffg"):
             fixed = {e: self.fixed_density(e, merge) for e in experts}
             params["thresholds"] = {
