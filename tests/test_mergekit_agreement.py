@@ -156,11 +156,27 @@ def _config(family, case: str, out_dtype: str | None, dtype: str = "float32") ->
 # takes about 8 s, which 21 separate processes would pay 21 times
 DRIVER = """
 import sys
-from mergekit.scripts.run_yaml import main
+from mergekit.scripts import multimerge, run_yaml
 args = sys.argv[1:]
 for config, out in zip(args[::2], args[1::2]):
-    main([config, out], standalone_mode=False)
+    if config.endswith(".multi.yml"):  # several merges in one file: mergekit-multi
+        multimerge.main([config, "-I", out], standalone_mode=False)
+    else:
+        run_yaml.main([config, out], standalone_mode=False)
 """
+
+
+def _mega(family) -> str:
+    """mergekit's examples/mega.yml (for mergekit-multi) on the 40-layer family, float32:
+    gradient-slerp, then a TIES merge that reads it by name."""
+    a, b, base = (str(family[m]) for m in ("expert0", "expert1", "base"))
+    first = {**_examples(family)["gradient-slerp"], "name": "gradient-slerp"}
+    second = {"merge_method": "ties", "base_model": base, "dtype": "float32", "name": "gradient-slerp-ties",
+              "parameters": {"normalize": True, "int8_mask": True},
+              "models": [{"model": "gradient-slerp", "parameters": {"density": [1, 0.7, 0.1], "weight": 1.0}},
+                         {"model": b, "parameters": {"density": 0.33, "weight": [{"filter": "mlp", "value": 0.5},
+                                                                                  {"value": 0}]}}]}
+    return yaml.safe_dump_all([first, second])
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +196,9 @@ def mergekit(family, bf16_family, family40, tmp_path_factory) -> dict[str, tuple
     for key, cfg in cfgs.items():
         (root / f"{key}.yml").write_text(yaml.safe_dump(cfg))
         args += [str(root / f"{key}.yml"), str(root / key)]
+    (root / "mega.multi.yml").write_text(_mega(family40))
+    args += [str(root / "mega.multi.yml"), str(root / "mega")]
+    cfgs["mega"] = {}
     res = subprocess.run([str(MERGEKIT.parent / "python"), "-c", DRIVER, *args], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     return {key: (cfg, root / key) for key, cfg in cfgs.items()}
@@ -249,3 +268,20 @@ def test_mergekits_examples_equal_to_mergekit_within_one_ulp(mergekit, tmp_path,
     assert max(float(ulps(ours[k], theirs[k]).max()) for k in ours) <= 1.0
     layers = json.loads((tmp_path / "ours/config.json").read_text())["num_hidden_layers"]
     assert layers == (44 if example == "orcamini-platy-44layer" else 40)
+
+
+def test_mergekits_mega_example_equal_to_mergekit_multi_within_one_ulp(mergekit, tmp_path):
+    from otamerge.multimerge import run_documents
+
+    cfg_file = mergekit["mega"][1].parent / "mega.multi.yml"
+    steps = run_documents(cfg_file, tmp_path / "ours", opts=MergeOptions(progress=False))
+    assert [s.name for s in steps] == ["gradient-slerp", "gradient-slerp-ties"]
+    for name in ("gradient-slerp", "gradient-slerp-ties"):
+        ours = load_file(tmp_path / "ours" / name / "model.safetensors")
+        theirs = {}
+        for f in sorted((mergekit["mega"][1] / name).glob("*.safetensors")):
+            theirs.update(load_file(f))
+        assert set(ours) == set(theirs) and theirs
+        worst = max(float(ulps(ours[k], theirs[k]).max()) for k in ours)
+        print(f"mega.yml {name}: max {worst:.2f} ulp")
+        assert worst <= 1.0

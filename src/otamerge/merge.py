@@ -256,7 +256,11 @@ def graft_file(cfg: MergeConfig, out_dir: str | Path, opts: MergeOptions = Merge
 
 
 def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
-    raw = read_config(config_path)
+    return merge_raw(read_config(config_path), str(config_path), out_dir, opts)
+
+
+def merge_raw(raw: dict, label: str, out_dir: str | Path, opts: MergeOptions = MergeOptions()) -> Path:
+    """Merge (or graft, ``merge_method: ffg``) per a config as read from YAML; errors name ``label``."""
     try:
         cfg = parse_config(raw)
         if cfg.method is GRAFT and len(cfg.models) != 1:
@@ -264,5 +268,5 @@ def merge_file(config_path: str | Path, out_dir: str | Path, opts: MergeOptions 
         if cfg.method is GRAFT and cfg.varies:
             raise OtaMergeError("merge_method ffg grafts at one density: its parameters take single values")
     except OtaMergeError as exc:
-        raise OtaMergeError(f"{config_path}: {exc}") from None
+        raise OtaMergeError(f"{label}: {exc}") from None
     return (graft_file if cfg.method is GRAFT else run_merge)(cfg, out_dir, opts)

@@ -28,14 +28,26 @@ def _cmd_download(args: argparse.Namespace) -> None:
     print(f"{args.source} ready in {out}")
 
 
-def _cmd_merge(args: argparse.Namespace) -> None:
-    from otamerge.merge import MergeOptions, merge_file
+def _merge_options(args: argparse.Namespace):
+    from otamerge.merge import MergeOptions
 
-    opts = MergeOptions(device=args.device, chunk_bytes=int(args.chunk_mb * (1 << 20)),
+    return MergeOptions(device=args.device, chunk_bytes=int(args.chunk_mb * (1 << 20)),
                         out_shard_bytes=int(args.out_shard_size * (1 << 30)), seed=args.seed,
                         progress=not args.quiet)
-    out = merge_file(args.config, args.out_dir, opts)
+
+
+def _cmd_merge(args: argparse.Namespace) -> None:
+    from otamerge.merge import merge_file
+
+    out = merge_file(args.config, args.out_dir, _merge_options(args))
     print(f"merged model written to {out}")
+
+
+def _cmd_multi(args: argparse.Namespace) -> None:
+    from otamerge.multimerge import run_documents
+
+    steps = run_documents(args.config, args.intermediate_dir, args.out_path, _merge_options(args), args.lazy)
+    print("merged models: " + ", ".join(f"{s.name or 'final'} in {s.out}" for s in steps))
 
 
 def _cmd_extract_lora(args: argparse.Namespace) -> None:
@@ -72,6 +84,17 @@ def add_commands(sub) -> None:
     m.add_argument("--seed", type=int, default=0, help="seed of random masks (DARE)")
     streaming_options(m)
     m.set_defaults(func=_cmd_merge)
+
+    mm = sub.add_parser("multi", help="several merges in one multi-document YAML (mergekit-multi's format): "
+                        "named merges into the intermediate folder, each after the merges it reads")
+    mm.add_argument("config", help="YAML documents, each a merge config with an optional name")
+    mm.add_argument("--intermediate-dir", "-I", required=True, help="folder of the named merges (<dir>/<name>)")
+    mm.add_argument("--out-path", help="folder of the unnamed (final) merge, if the file has one")
+    mm.add_argument("--lazy", action=argparse.BooleanOptionalAction, default=True,
+                    help="skip merges whose folder already holds a model (default: on)")
+    mm.add_argument("--seed", type=int, default=0, help="seed of random masks (DARE)")
+    streaming_options(mm)
+    mm.set_defaults(func=_cmd_multi)
 
     x = sub.add_parser("extract-lora", help="a model's difference to its base as a PEFT LoRA adapter "
                        "(truncated SVD per linear layer)")
