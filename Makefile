@@ -18,7 +18,7 @@ MERGEKIT_VENV ?= .venv-mergekit
 FORK_VENV ?= .venv-fork
 FORK_GIT ?= /work/.mirror/pmahdavi+ota-merge/repo
 # FusionBench (TSV-M, Iso-C, Iso-CTS as their papers' code has them) in a venv of its own,
-# only for benchmarks/subspace_agreement.py
+# only for benchmarks/fusionbench_agreement.py
 FUSIONBENCH_VENV ?= .venv-fusionbench
 
 .PHONY: demo pretrained smollm2 test lint clean

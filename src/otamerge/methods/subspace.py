@@ -19,7 +19,7 @@ embeddings included) is merged from singular value decompositions, every other t
 The scale is ``alpha`` (TSV-M) or ``scaling_factor`` (Iso-C, Iso-CTS), as in the papers'
 code. The arithmetic is fp32 (fp64 for fp64 inputs) and whole-tensor, with the products and
 means in the order of FusionBench's code, so that TSV-M and Iso-C give its bits
-(benchmarks/subspace_agreement.py). Iso-CTS differs on purpose in one product: it projects
+(benchmarks/fusionbench_agreement.py). Iso-CTS differs on purpose in one product: it projects
 as U (U^T t), where FusionBench forms U U^T, an m x m matrix (9.7 GB in fp32 for a
 49152-token embedding); in FusionBench's order it gives FusionBench's bits too.
 """
