@@ -224,9 +224,17 @@ def _bf16_family(seed, shape):
 @pytest.mark.parametrize("rank1_moments", [False, True])
 @pytest.mark.parametrize("masks", ["every", "some", "none"])
 @pytest.mark.parametrize("fallback", [True, False])
-def test_fused_path_gives_the_general_paths_bits(power, rank1_moments, masks, fallback):
-    """ota() in the paper's mode takes the fused in-place path; _general is the plain
-    whole-tensor computation. Equal bit for bit."""
+@pytest.mark.parametrize("path", ["torch", "kernel"])
+def test_fused_path_gives_the_general_paths_bits(power, rank1_moments, masks, fallback, path, monkeypatch):
+    """ota() in the paper's mode takes the fused path: in place in torch, or the compiled
+    one-pass loop (ota_kernel.py) for tensors of MIN_ELEMENTS entries and more (lowered
+    here); _general is the plain whole-tensor computation. Equal bit for bit."""
+    from otamerge.methods import ota_kernel
+
+    calls = []
+    kernel = ota_kernel.precond
+    monkeypatch.setattr(ota_kernel, "precond", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(ota_kernel, "MIN_ELEMENTS", 0 if path == "kernel" else 1 << 62)
     shape = (199, 256)
     base, models, moments = _bf16_family(7, shape)
     if rank1_moments:  # what a rank-1 moments file gives a chunk: an outer product
@@ -238,5 +246,5 @@ def test_fused_path_gives_the_general_paths_bits(power, rank1_moments, masks, fa
     inputs = TensorInputs("model.layers.0.mlp.up_proj.weight", base, models, moments, mps, params)
     fused = ota(inputs)
     general = ota_mod._general(inputs, moments, thr)
-    assert fused.dtype == general.dtype == torch.float32
+    assert fused.dtype == general.dtype == torch.float32 and len(calls) == (path == "kernel")
     assert torch.equal(fused.view(torch.int32), general.view(torch.int32))  # -0.0 and +0.0 told apart

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from otamerge.methods import ota_kernel
 from otamerge.methods.base import Implementation, TensorInputs
 from otamerge.methods.sparsify import top_k_mask
 from otamerge.curvature.moments import rank1, rank_r
@@ -95,9 +96,14 @@ def _precond_fused(inputs: TensorInputs, vs: list[torch.Tensor], thresholds: lis
     """The paper's mode (base, precond, no rescale) in few passes and few temporaries:
     the same operations in the same order as the general path (``_general``), so the same
     bits (tests/test_ota.py), but one expert at a time and in place (a third of the time
-    on CPU). Cutting it into cache-sized blocks was measured slower (benchmarks/README.md)."""
+    on CPU). Cutting it into cache-sized blocks was measured slower (benchmarks/README.md).
+    Large float32 tensors on CPU take the compiled one-pass loop of ota_kernel.py instead."""
     p, base, models = inputs.params, inputs.base, inputs.models
     eps = p["epsilon"]
+    if ota_kernel.usable(base, models, vs):  # the same bits in one pass (ota_kernel.py)
+        fallback = base if p["fallback_to_base"] or all(t is None for t in thresholds) else torch.stack(models).mean(0)
+        return ota_kernel.precond(base, fallback, models, vs, [v.pow(p["power"]) for v in vs], thresholds,
+                                  [mp["scaling_factor"] for mp in inputs.model_params], eps)
     kept = torch.zeros(base.shape, dtype=torch.uint8, device=base.device)
     only = torch.zeros_like(base)
     weights, taus, total = [], [], None

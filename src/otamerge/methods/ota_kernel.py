@@ -1,0 +1,99 @@
+"""OTA+FFG's paper mode (base, precond, no rescale) as one compiled loop over the entries.
+
+The torch path (``ota._precond_fused``) makes about a dozen passes over memory per expert
+(difference, weight, epsilon, saliency, mask, kept count, single-expert value, running
+total, division, product, sum); on a CPU memory traffic, not arithmetic, is its cost. This
+kernel (numba, compiled once and cached on disk) reads each entry of the base, the experts,
+their moments and the moments' power once and writes the result once, with the same float32
+operations in the same order, so the same bits (tests/test_ota_kernel.py). The power
+v^p stays torch's (one pass per expert): torch's float32 sqrt is not always the correctly
+rounded one a compiled loop would take, so computing it here would change bits.
+
+Used on CPU for float32 tensors of at least ``MIN_ELEMENTS`` entries, where the one-time
+import and cache load (about 0.3 s; a first compile about 2 s) pay for themselves; smaller
+merges (the demo's) keep the torch path.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+MIN_ELEMENTS = 1 << 18
+
+
+@lru_cache(maxsize=1)
+def _kernel():
+    """The compiled loop, or None where numba is not installed."""
+    try:
+        from numba import float32, njit, prange
+    except ImportError:
+        return None
+
+    @njit(parallel=True, cache=True)
+    def precond(base, fallback, xs, vs, ps, thr, use_thr, sf, eps, out):  # pragma: no cover (compiled)
+        n = len(xs)
+        zero = float32(0.0)
+        for j in prange(base.size):
+            b = base[j]
+            total = zero
+            kept = 0
+            only = zero
+            for i in range(n):  # the weights' sum, how many experts keep the entry, the last one's value
+                t = xs[i][j] - b
+                w = ps[i][j]
+                if sf[i] != float32(1.0):
+                    w = w * sf[i]
+                w = w + eps
+                if use_thr[i] and not ((t * t) * vs[i][j] >= thr[i]):
+                    w = w * zero
+                else:
+                    kept += 1
+                    only = xs[i][j]
+                total = w if i == 0 else total + w
+            if kept == 0:
+                out[j] = fallback[j]
+            elif kept == 1:
+                out[j] = only
+            else:
+                acc = zero
+                for i in range(n):  # the weights again (cheaper than storing them), normalised
+                    t = xs[i][j] - b
+                    w = ps[i][j]
+                    if sf[i] != float32(1.0):
+                        w = w * sf[i]
+                    w = w + eps
+                    if use_thr[i] and not ((t * t) * vs[i][j] >= thr[i]):
+                        w = w * zero
+                    acc = acc + (w / total) * t
+                out[j] = acc + b
+
+    return precond
+
+
+def usable(base: torch.Tensor, models: list[torch.Tensor], vs: list[torch.Tensor]) -> bool:
+    """Whether the compiled loop takes these tensors: CPU, float32, contiguous, large enough."""
+    tensors = [base, *models, *vs]
+    return (base.numel() >= MIN_ELEMENTS and all(t.device.type == "cpu" and t.dtype == torch.float32
+                                                 and t.is_contiguous() and t.shape == base.shape for t in tensors)
+            and _kernel() is not None)
+
+
+def precond(base: torch.Tensor, fallback: torch.Tensor, models: list[torch.Tensor], vs: list[torch.Tensor],
+            powers: list[torch.Tensor], thresholds: list[float | None], scales: list[float],
+            eps: float) -> torch.Tensor:
+    """The merged tensor: sum_i a_i t_i / sum_i a_i + base, a_i = m_i (s_i v_i^p + eps); an
+    entry one expert keeps is its value, one none keeps is ``fallback``'s."""
+    import numba
+    import numpy as np
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # as torch's
+    out = torch.empty_like(base)
+    flat = [t.reshape(-1).numpy() for t in (base, fallback)]
+    _kernel()(*flat, tuple(t.reshape(-1).numpy() for t in models), tuple(t.reshape(-1).numpy() for t in vs),
+              tuple(t.reshape(-1).numpy() for t in powers),
+              np.array([0.0 if t is None else t for t in thresholds], dtype=np.float32),
+              np.array([t is not None for t in thresholds]), np.array(scales, dtype=np.float32),
+              np.float32(eps), out.reshape(-1).numpy())
+    return out
