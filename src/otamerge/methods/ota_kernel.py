@@ -25,50 +25,11 @@ MIN_ELEMENTS = 1 << 18
 
 @lru_cache(maxsize=1)
 def _kernel():
-    """The compiled loop, or None where numba is not installed."""
+    """The compiled loop (ota_loop.precond), or None where numba is not installed."""
     try:
-        from numba import float32, njit, prange
+        from otamerge.methods.ota_loop import precond
     except ImportError:
         return None
-
-    @njit(parallel=True, cache=True)
-    def precond(base, fallback, xs, vs, ps, thr, use_thr, sf, eps, out):  # pragma: no cover (compiled)
-        n = len(xs)
-        zero = float32(0.0)
-        for j in prange(base.size):
-            b = base[j]
-            total = zero
-            kept = 0
-            only = zero
-            for i in range(n):  # the weights' sum, how many experts keep the entry, the last one's value
-                t = xs[i][j] - b
-                w = ps[i][j]
-                if sf[i] != float32(1.0):
-                    w = w * sf[i]
-                w = w + eps
-                if use_thr[i] and not ((t * t) * vs[i][j] >= thr[i]):
-                    w = w * zero
-                else:
-                    kept += 1
-                    only = xs[i][j]
-                total = w if i == 0 else total + w
-            if kept == 0:
-                out[j] = fallback[j]
-            elif kept == 1:
-                out[j] = only
-            else:
-                acc = zero
-                for i in range(n):  # the weights again (cheaper than storing them), normalised
-                    t = xs[i][j] - b
-                    w = ps[i][j]
-                    if sf[i] != float32(1.0):
-                        w = w * sf[i]
-                    w = w + eps
-                    if use_thr[i] and not ((t * t) * vs[i][j] >= thr[i]):
-                        w = w * zero
-                    acc = acc + (w / total) * t
-                out[j] = acc + b
-
     return precond
 
 
