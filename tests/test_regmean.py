@@ -50,6 +50,22 @@ def test_shrinking_the_off_diagonals_moves_towards_the_inputs_weighted_mean(tmp_
     np.testing.assert_allclose(regmean(_inputs("layer.weight", ws, paths, 0.0)).numpy(), expected0, rtol=1e-10)
 
 
+def test_inputs_that_span_too_few_directions_stop_the_merge(tmp_path):
+    """Inputs of 4 features that all lie in 2 dimensions: the summed Gram is singular and the
+    least-squares merge is not unique; shrinking the off-diagonals makes it definite."""
+    from otamerge.errors import OtaMergeError
+
+    rng = np.random.default_rng(3)
+    ws, paths = [rng.standard_normal((5, 4)) for _ in range(2)], []
+    for i in range(2):
+        x = rng.standard_normal((30, 2)) @ np.array([[1.0, 2.0, 0.0, 1.0], [0.0, 1.0, 1.0, -1.0]])
+        paths.append(str(tmp_path / f"g{i}.safetensors"))
+        save_file({"layer.weight": torch.from_numpy(x.T @ x)}, paths[-1])
+    with pytest.raises(OtaMergeError, match="layer.weight's inputs sum to a singular matrix"):
+        regmean(_inputs("layer.weight", ws, paths, 1.0))
+    assert torch.isfinite(regmean(_inputs("layer.weight", ws, paths, 0.6))).all()
+
+
 def test_a_tensor_without_gram_matrices_is_the_models_mean(tmp_path):
     _, ws, paths = _models(tmp_path)
     np.testing.assert_allclose(regmean(_inputs("other.weight", ws, paths, 1.0)).numpy(), np.mean(ws, axis=0))
@@ -86,7 +102,8 @@ def test_the_workflow_computes_each_experts_gram_matrices_on_its_own_task(tmp_pa
     """A RegMean merge of the tiny demo: each expert's text holds only its own task's
     training examples; its Gram matrix of a linear layer is X^T X of that layer's inputs
     in the expert on windows of that text (hooked here); the merged layer is the
-    least-squares merge solved here from those matrices."""
+    least-squares merge solved here from those matrices (off-diagonals times 0.6: at 1 the
+    first layer's, whose inputs are a small vocabulary's normalised embeddings, are singular)."""
     import re
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -98,7 +115,8 @@ def test_the_workflow_computes_each_experts_gram_matrices_on_its_own_task(tmp_pa
 
     cfg = tiny_config()
     cfg["demo"]["threads"] = 1
-    cfg["merges"] = {"regmean": {"method": "regmean", "dtype": "float32"}}
+    cfg["merges"] = {"regmean": {"method": "regmean", "dtype": "float32",
+                                 "parameters": {"reduce_non_diagonal_ratio": 0.6}}}
     cfg["regmean"] = {"examples": 300, "samples": 6, "seqlen": 32}
     wf = tmp_path / "wf"
     run = snakemake(wf, "--cores", "2", layout.merged_model(0, "regmean"), config=cfg)
@@ -122,7 +140,7 @@ def test_the_workflow_computes_each_experts_gram_matrices_on_its_own_task(tmp_pa
         x = torch.cat(seen).double().numpy()
         gram = load_file(str(next((wf / layout.gram_dir(0, expert)).glob("*.safetensors"))))[name].double().numpy()
         np.testing.assert_allclose(gram, x.T @ x, rtol=1e-4, atol=1e-4 * np.abs(gram).max())
-        grams.append(gram)
+        grams.append(0.6 * gram + np.diag(0.4 * np.diag(gram)))
         weights.append(layer.weight.detach().double().numpy())
     merged = load_file(str(wf / layout.merged_model(0, "regmean") / "model.safetensors"))[name].double().numpy()
     expected = np.linalg.solve(sum(grams), sum(g @ w.T for g, w in zip(grams, weights))).T
