@@ -16,6 +16,7 @@ Both expand lazily, one tensor or row chunk at a time. A torch optimizer state f
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -110,10 +111,14 @@ class Moments:
             v = torch.relu(self.ckpt.get(key, rows).float() @ self.ckpt.get(f"{name}.rankr.vh").float())
         else:
             v = self.ckpt.get(key, rows).float()
-        if not bool(torch.isfinite(v).all()):
-            raise OtaMergeError(f"{self.label}: moments tensor {key} in {self.file_of(name)} has NaN or Inf values")
-        if bool((v < 0).any()):
-            raise OtaMergeError(f"{self.label}: moments tensor {key} in {self.file_of(name)} has negative values")
+        if v.numel():
+            # one pass, no temporaries: NaN makes lo >= 0 false; then the two checks tell which
+            lo, hi = torch.aminmax(v)
+            if not (bool(lo >= 0) and bool(hi < math.inf)):
+                if not bool(torch.isfinite(v).all()):
+                    raise OtaMergeError(f"{self.label}: moments tensor {key} in {self.file_of(name)} has NaN or Inf "
+                                        "values")
+                raise OtaMergeError(f"{self.label}: moments tensor {key} in {self.file_of(name)} has negative values")
         return v
 
     def check_against(self, weights: Checkpoint, names: Iterable[str]) -> None:
