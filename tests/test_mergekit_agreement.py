@@ -116,6 +116,7 @@ def _examples(family) -> dict[str, dict]:
         "gradient-slerp": {"merge_method": "slerp", "base_model": base, **f32, "parameters": GLOBAL["slerp@gradient"],
                            "slices": [{"sources": [{"model": base, "layer_range": [0, 40]},
                                                    {"model": a, "layer_range": [0, 40]}]}]},
+        "arcee_fusion": {"merge_method": "arcee_fusion", "base_model": a, **f32, "models": [{"model": a}, {"model": b}]},
         "orcamini-platy-44layer": {"merge_method": "passthrough", **f32, "slices": [
             {"sources": [{"model": base, "layer_range": [0, 24]}]}, {"sources": [{"model": a, "layer_range": [20, 40]}]}]},
     }
@@ -261,7 +262,8 @@ def test_slices_equal_to_mergekit_within_one_ulp(mergekit, tmp_path, case):
     assert layers == {"passthrough": 6, "slerp": 4, "linear": 4}[case]
 
 
-@pytest.mark.parametrize("example", ["linear", "ties", "bio-merge", "gradient-slerp", "orcamini-platy-44layer"])
+@pytest.mark.parametrize("example", ["linear", "ties", "bio-merge", "gradient-slerp", "arcee_fusion",
+                                     "orcamini-platy-44layer"])
 def test_mergekits_examples_equal_to_mergekit_within_one_ulp(mergekit, tmp_path, example):
     ours, theirs = _both(mergekit, tmp_path, f"example-{example}")
     assert set(ours) == set(theirs)
