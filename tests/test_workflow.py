@@ -197,7 +197,7 @@ def test_bad_seeds_or_subsets_stop_before_any_job(tmp_path, change, message):
 def test_demo_seeds_is_the_default_demo_over_three_seeds_with_pairs(tmp_path):
     """config/demo-seeds.yaml holds only overrides: Snakemake merges it over the Snakefile's
     config/config.yaml (here copied to a fresh working directory, as the repository root
-    has it). Three seeds of everything; pairs for three methods; no Hessians, no lm_eval."""
+    has it). Three seeds of everything; pairs for two methods; no base Hessians, no lm_eval."""
     shutil.copytree(REPO / "config", tmp_path / "config")
     res = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config/demo-seeds.yaml"))
     assert res.returncode == 0, res.stderr[-2000:]
@@ -206,7 +206,8 @@ def test_demo_seeds_is_the_default_demo_over_three_seeds_with_pairs(tmp_path):
     # ties_sparsegpt dropped, the overlay's own merges added; four merges swept over the densities;
     # pairs of each method the overlay names
     added = [m for m, spec in overlay["merges"].items() if spec is not None]
-    assert added == ["tsv_m", "iso_c", "iso_cts"]
+    assert added == ["tsv_m", "iso_c", "iso_cts", "model_stock", "karcher", "ram", "ramplus_tl", "della",
+                     "della_linear", "multislerp", "sce", "regmean"]
     merges = (len(default_config()["merges"]) - 1 + len(added)) + 4 * densities + len(overlay["subsets"]["methods"]) * pairs
     # per seed: (fisher, magnitude) at each density, and fisher_rank1 at each for ota_ffg_rank1
     points = experts * 3 * densities
@@ -215,7 +216,8 @@ def test_demo_seeds_is_the_default_demo_over_three_seeds_with_pairs(tmp_path):
         "empirical_fisher": 3 * experts, "evaluate_validation": 3 * (1 + experts + 4 * densities), "merge_choice": 1,
         "ffg": 3 * points, "merge_config": 3 * merges, "merge": 3 * merges, "model_card": 3 * merges,
         "evaluate_builtin": 3 * (1 + experts + points + merges), "summary": 1, "retention": 1, "sweep_summary": 1,
-        "claims": 1, "plots": 1, "all": 1}
+        "claims": 1, "plots": 1, "all": 1,
+        "expert_text": 3 * experts, "gram": 3 * experts}  # RegMean's Gram matrices on each expert's own task
     assert "output: resources/demo/seed2/experts/facts" in res.stdout
     assert "output: results/seed1/merges/ota_ffg.reverse-shift/model" in res.stdout
     assert "demo" not in overlay  # the demo itself is config.yaml's
