@@ -5,12 +5,12 @@ The torch path (``ota._precond_fused``) makes about a dozen passes over memory p
 total, division, product, sum); on a CPU memory traffic, not arithmetic, is its cost. This
 kernel (numba, compiled once and cached on disk) reads each entry of the base, the experts,
 their moments and the moments' power once and writes the result once, with the same float32
-operations in the same order, so the same bits (tests/test_ota_kernel.py). The power
+operations in the same order, so the same bits (tests/test_ota.py). The power
 v^p stays torch's (one pass per expert): torch's float32 sqrt is not always the correctly
 rounded one a compiled loop would take, so computing it here would change bits.
 
 Used on CPU for float32 tensors of at least ``MIN_ELEMENTS`` entries, where the one-time
-import and cache load (about 0.3 s; a first compile about 2 s) pay for themselves; smaller
+import and cache load (about 0.3 s; the first compile about 1.3 s) pay for themselves; smaller
 merges (the demo's) keep the torch path.
 """
 
