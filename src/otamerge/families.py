@@ -71,8 +71,8 @@ def _tiny() -> Family:
         return calibration_text(n, n_eval, seed), heldout_text(n_eval, seed)
 
     return Family("tiny", lambda: list(tasks.TASKS), tasks.eval_set, train_examples,
-                  lambda t: tasks.get_task(t).max_answer_len + 1, encode, generate, texts,
-                  lambda examples: " ".join(p + a for p, a in examples), stop="</s>")
+                  lambda t: tasks.get_task(t).max_answer_len + 1, encode, generate, texts, tasks.joined,
+                  stop="</s>")
 
 
 def _pretrained() -> Family:
@@ -92,8 +92,8 @@ def _pretrained() -> Family:
         return greedy_answers(model, tokenizer, prompts, k)
 
     return Family("pretrained", lambda: list(tasks.TASKS), tasks.eval_set, train_examples,
-                  lambda t: tasks.get_task(t).max_new_tokens, encode, generate, tasks.texts,
-                  lambda examples: "\n".join(f"{p} {a}" for p, a in examples), stop="<|im_end|>", chat=True)
+                  lambda t: tasks.get_task(t).max_new_tokens, encode, generate, tasks.texts, tasks.joined,
+                  stop="<|im_end|>", chat=True)
 
 
 FAMILIES = {"tiny": _tiny, "pretrained": _pretrained}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 Example = tuple[str, str]  # (prompt, answer); the model sees BOS + prompt + answer + EOS
 
@@ -137,6 +137,12 @@ def get_task(name: str) -> Task:
         from otamerge.errors import OtaMergeError
 
         raise OtaMergeError(f"unknown demo task {name!r}; known: {', '.join(TASKS)}") from None
+
+
+def joined(examples: Iterable[Example]) -> str:
+    """Examples as the demo's running text (calibration, held-out and experts' texts):
+    prompt + answer, separated by spaces (the character tokenizer has no newline)."""
+    return " ".join(p + a for p, a in examples)
 
 
 def eval_set(task: str, n: int, seed: int) -> list[Example]:

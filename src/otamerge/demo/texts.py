@@ -12,18 +12,18 @@ import random
 from pathlib import Path
 
 from otamerge.io.atomic import atomic_file
-from otamerge.demo.tasks import TASKS, eval_set
+from otamerge.demo.tasks import TASKS, eval_set, joined
 from otamerge.demo.train import held_out_prompts, mixture_sampler
 
 
 def calibration_text(n_examples: int, n_eval: int, seed: int) -> str:
     sample = mixture_sampler(list(TASKS), restricted=False, exclude=held_out_prompts(n_eval, seed))
     rng = random.Random(f"calibration/{seed}")
-    return " ".join("".join(sample(rng)) for _ in range(n_examples))
+    return joined(sample(rng) for _ in range(n_examples))
 
 
 def heldout_text(n_eval: int, seed: int) -> str:
-    return " ".join(p + a for t in TASKS for p, a in eval_set(t, n_eval, seed))
+    return joined(ex for t in TASKS for ex in eval_set(t, n_eval, seed))
 
 
 def write_texts(calibration: str | Path, heldout: str | Path, n_examples: int, n_eval: int, seed: int,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 Example = tuple[str, str]  # (user message, exact answer)
 
@@ -143,6 +143,11 @@ def train_sampler(name: str, n_eval: int, seed: int) -> Callable[[random.Random]
     return sample
 
 
+def joined(examples: Iterable[Example]) -> str:
+    """Examples as running text: one a line, the prompt, a space and the answer."""
+    return "\n".join(f"{p} {a}" for p, a in examples)
+
+
 def texts(n_examples: int, n_eval: int, seed: int) -> tuple[str, str]:
     """Calibration text (``n_examples`` training examples of every task, none held out) and
     the held-out text (every task's held-out examples): one example a line, the prompt, a
@@ -150,6 +155,6 @@ def texts(n_examples: int, n_eval: int, seed: int) -> tuple[str, str]:
     over running text reads)."""
     samplers = [train_sampler(t, n_eval, seed) for t in TASKS]
     rng = random.Random(f"calibration/{seed}")
-    calibration = "\n".join(" ".join(rng.choice(samplers)(rng)) for _ in range(n_examples))
-    heldout = "\n".join(f"{p} {a}" for t in TASKS for p, a in eval_set(t, n_eval, seed))
+    calibration = joined(rng.choice(samplers)(rng) for _ in range(n_examples))
+    heldout = joined(ex for t in TASKS for ex in eval_set(t, n_eval, seed))
     return calibration, heldout
