@@ -51,6 +51,11 @@ def per_seed(path: str, seed: Seed) -> str:
     return path.replace("{seed}", str(seed))
 
 
+def per_expert(path: str, seed: Seed, expert: str) -> str:
+    """A configured path with ``{seed}`` and ``{expert}`` replaced (each expert's own text)."""
+    return per_seed(path, seed).replace("{expert}", expert)
+
+
 def root(seed: Seed) -> str:
     """``results/seed<N>``: everything a seed's run computes."""
     return f"{RESULTS}/{seed_dir(seed)}"

@@ -148,15 +148,13 @@ class Plan:
         """An expert's calibration text ({seed} and {expert} replaced), or None: a built
         family's experts default to their own task's examples."""
         path = self.curvature.get("calibration")
-        return layout.per_seed(path, seed).replace("{expert}", expert) if path else None
+        return layout.per_expert(path, seed, expert) if path else None
 
     def gram_text(self, seed: int | str, expert: str) -> str:
         """The text an expert's Gram matrices are computed on: regmean.calibration ({seed}
         and {expert} replaced), else a built expert's own task's training examples."""
         path = self.config["regmean"].get("calibration")
-        if path:
-            return layout.per_seed(path, seed).replace("{expert}", expert)
-        return layout.expert_text(self.outdir, seed, expert)
+        return layout.per_expert(path, seed, expert) if path else layout.expert_text(self.outdir, seed, expert)
 
     # -- merges and their thresholds ------------------------------------------------------
 
