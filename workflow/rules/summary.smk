@@ -72,6 +72,10 @@ rule sweep_summary:
         "../scripts/sweep_summary.py"
 
 
+# the first seed's grafts and experts the plots read (name -> folder), listed once
+PLOTTED = plotted_models(PLAN)
+
+
 rule plots:
     input:
         scores=layout.summary("scores.csv"),
@@ -80,9 +84,9 @@ rule plots:
         sweep=layout.summary("sweep.csv"),
         thresholds=layout.summary("thresholds.csv"),
         # where FFG keeps edits and the curvature overlap: the first seed's models
-        grafts=list(plotted_models(PLAN)["grafts"].values()),
+        grafts=list(PLOTTED["grafts"].values()),
         base=layout.downloaded_model(PLAN.seeds[0], "base"),
-        experts=list(plotted_models(PLAN)["experts"].values()),
+        experts=list(PLOTTED["experts"].values()),
     output:
         sweep=report(layout.plot("ffg_sweep"), caption="../report/ffg_sweep.rst", category="4. Plots"),
         methods=report(layout.plot("methods"), caption="../report/methods.rst", category="4. Plots"),
@@ -97,7 +101,7 @@ rule plots:
     params:
         score=PLAN.sweep_score,
         seed=PLAN.seeds[0],
-        models=plotted_models(PLAN),  # the input grafts and experts by name
+        models=PLOTTED,  # the input grafts and experts by name
         graft_merge=lambda wc: PLAN.ffg_merges[0],
         graft_metric=lambda wc: PLAN.merges[PLAN.ffg_merges[0]]["ffg"],
     threads: 1
