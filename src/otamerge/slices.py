@@ -104,7 +104,8 @@ def plan_slices(slices: tuple[Slice, ...], names: list[str]) -> list[SlicedTenso
     offset = 0
     for s in slices:
         for j in range(s.n_layers):
-            out += [SlicedTensor(_renamed(n, offset + j), s, gradient_t(j, s.n_layers), tuple(_renamed(n, src.start + j) for src in s.sources))
+            t = gradient_t(j, s.n_layers)
+            out += [SlicedTensor(_renamed(n, offset + j), s, t, tuple(_renamed(n, src.start + j) for src in s.sources))
                     for n in layer0]
         offset += s.n_layers
     out += [SlicedTensor(n, slices[-1], 0.0, (n,) * len(slices[-1].sources)) for n in outside if n not in pre]

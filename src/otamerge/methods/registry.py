@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from otamerge.methods import (arcee_fusion, karcher, linear, model_stock, multislerp, nearswap, nuslerp, ota,
-                              passthrough, ram, regmean, sce, slerp, subspace,
-                              task_arithmetic)
+                              passthrough, ram, regmean, sce, slerp, subspace, task_arithmetic)
 from otamerge.methods.base import Implementation
 from otamerge.methods.catalog import method_spec
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
     name: impl for module in (linear, task_arithmetic, multislerp, slerp, nuslerp, nearswap, model_stock, karcher,
-                              passthrough, ram, arcee_fusion, sce, subspace, regmean, ota) for name, impl in module.IMPLEMENTS.items()
+                              passthrough, ram, arcee_fusion, sce, subspace, regmean, ota)
+    for name, impl in module.IMPLEMENTS.items()
 }
 
 
