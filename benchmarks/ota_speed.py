@@ -254,7 +254,8 @@ def check_outputs(plan: dict, params: int, layers: int) -> list[str]:
     ours = {name.split(":", 1)[1]: out for name, (_, _, out) in plan.items() if name.startswith("ours:")}
     lines = [f"{layers} layers ({size(params)}): {identical_outputs(ours)}"]
     grafts = {name.split(":", 1)[1]: out for name, (_, _, out) in plan.items() if name.startswith("ffg:")}
-    lines.append(f"{layers} layers ({size(params)}), FFG sweep: {identical_outputs(grafts)}")
+    if grafts:  # none with --no-ffg
+        lines.append(f"{layers} layers ({size(params)}), FFG sweep: {identical_outputs(grafts)}")
     if "fork" in plan:
         for label, folder in ours.items():
             lines.append(f"{layers} layers ({size(params)}): ours:{label} vs fork: "
