@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from otamerge.card import card_text
 from otamerge.io.atomic import atomic_dir, check_space
-from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
+from otamerge.io.checkpoint import CHUNK_BYTES, Checkpoint, check_compatible, row_ranges
 from otamerge.io.malloc import keep_freed_memory
 from otamerge.io.readahead import ChunkRead, ReadAhead
 from otamerge.config import MergeConfig, parse_config, read_config, tensor_params
@@ -39,13 +39,11 @@ from otamerge.io.resolve import resolve_model, resolve_preconditioner
 from otamerge.io.tokenizer_source import TokenizerPlan, plan_tokenizer
 from otamerge.io.writer import ShardedWriter, TensorPlan
 
-MiB = 1 << 20
-
 
 @dataclass(frozen=True)
 class MergeOptions:
     device: str = "auto"                 # auto | cpu | cuda[:N]
-    chunk_bytes: int = 4 * MiB           # fp32 bytes of one input row chunk (bounds memory)
+    chunk_bytes: int = CHUNK_BYTES       # fp32 bytes of one input row chunk (bounds memory)
     out_shard_bytes: int = 5 * (1 << 30)
     seed: int = 0                        # random masks (DARE)
     progress: bool = True

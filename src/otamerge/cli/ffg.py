@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from otamerge.errors import OtaMergeError
-from otamerge.cli.common import pairs, streaming_options
+from otamerge.cli.common import pairs, streaming_options, streaming_settings
 
 
 _OPTIMIZER_MODEL = ("model folder (config.json) whose parameters name the states of a .pt optimizer file: "
@@ -21,9 +21,7 @@ def _cmd_ffg(args: argparse.Namespace) -> None:
     from otamerge.ffg.graft import FfgOptions, ffg_sweep
     from otamerge.names import STATISTICS
 
-    opts = FfgOptions(chunk_bytes=int(args.chunk_mb * (1 << 20)),
-                      out_shard_bytes=int(args.out_shard_size * (1 << 30)), progress=not args.quiet,
-                      device=args.device)
+    opts = FfgOptions(**streaming_settings(args))
     out = ffg_sweep(args.base, args.expert, args.moments, args.density, args.metric, args.out_dir, opts)
     for d, folder in out.items():
         stats = json.loads((folder / STATISTICS).read_text())

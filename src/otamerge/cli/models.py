@@ -6,7 +6,7 @@ import argparse
 
 import yaml
 
-from otamerge.cli.common import streaming_options
+from otamerge.cli.common import streaming_options, streaming_settings
 
 
 def _cmd_demo_build(args: argparse.Namespace) -> None:
@@ -31,9 +31,7 @@ def _cmd_download(args: argparse.Namespace) -> None:
 def _merge_options(args: argparse.Namespace):
     from otamerge.merge import MergeOptions
 
-    return MergeOptions(device=args.device, chunk_bytes=int(args.chunk_mb * (1 << 20)),
-                        out_shard_bytes=int(args.out_shard_size * (1 << 30)), seed=args.seed,
-                        progress=not args.quiet)
+    return MergeOptions(**streaming_settings(args), seed=args.seed)
 
 
 def _cmd_merge(args: argparse.Namespace) -> None:

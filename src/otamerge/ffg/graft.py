@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from otamerge.io.atomic import atomic_dir, check_space, write_json
-from otamerge.io.checkpoint import Checkpoint, check_compatible, row_ranges
+from otamerge.io.checkpoint import CHUNK_BYTES, Checkpoint, check_compatible, row_ranges
 from otamerge.ffg.densities import check_density, density_label
 from otamerge.names import STATISTICS
 from otamerge.device import pick_device
@@ -67,7 +67,7 @@ class _TensorStats:
 
 @dataclass(frozen=True)
 class FfgOptions:
-    chunk_bytes: int = 4 << 20
+    chunk_bytes: int = CHUNK_BYTES
     out_shard_bytes: int = 5 << 30
     progress: bool = True
     device: str = "auto"  # auto | cpu | cuda[:N]: where saliencies, histograms and grafts are computed

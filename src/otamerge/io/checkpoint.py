@@ -215,6 +215,12 @@ def _tensor_files(path: Path, label: str) -> dict[str, Path]:
     raise OtaMergeError(f"{label}: {path} has neither {SINGLE_FILE} nor {INDEX_FILE}")
 
 
+# fp32 bytes of one input's row chunk in the streaming merges and FFG: on a 2-core CPU 1 MiB
+# was faster than 4 (OTA+FFG 4.1 vs 5.1 s, the FFG sweep 8.7 vs 17.4 s at 0.133B) and held
+# 70 MB less (benchmarks/README.md); 0.5 MiB paid more per-chunk overhead than it saved
+CHUNK_BYTES = 1 << 20
+
+
 def row_ranges(shape: tuple[int, ...], chunk_bytes: int) -> list[tuple[int, int]] | None:
     """Row ranges of at most ``chunk_bytes`` fp32 bytes each; None for a 0-D tensor."""
     if not shape:

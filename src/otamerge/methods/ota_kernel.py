@@ -9,9 +9,10 @@ operations in the same order, so the same bits (tests/test_ota.py). The power
 v^p stays torch's (one pass per expert): torch's float32 sqrt is not always the correctly
 rounded one a compiled loop would take, so computing it here would change bits.
 
-Used on CPU for float32 tensors of at least ``MIN_ELEMENTS`` entries, where the one-time
-import and cache load (about 0.3 s; the first compile about 1.3 s) pay for themselves; smaller
-merges (the demo's) keep the torch path.
+Used on CPU for float32 tensors of at least ``MIN_ELEMENTS`` entries (a row chunk of
+``io.checkpoint.CHUNK_BYTES`` holds up to 2^18), where the one-time import and cache load
+(about 0.8 s; the first compile about 1.3 s more) pay for themselves; the demo's tensors
+(at most 36,864 entries) keep the torch path, so its merges never import numba.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-MIN_ELEMENTS = 1 << 18
+MIN_ELEMENTS = 1 << 16
 
 
 @lru_cache(maxsize=1)
