@@ -43,8 +43,9 @@ def test_dry_run_lists_the_demo_rules(tmp_path):
     assert job_counts(res.stdout + res.stderr) == {
         "demo_base": 1, "demo_expert": 5, "demo_texts": 1, "download": 6, "compress_moments": 5,
         "empirical_fisher": 5, "hessians": 1, "sparsegpt_importance": 1, "ffg": n_points, "merge_config": n_merges,
-        "merge": n_merges, "model_card": n_merges, "evaluate_builtin": 6 + n_points + n_merges, "summary": 1,
-        "retention": 1, "claims": 1, "evaluate_validation": 6 + swept * densities, "merge_choice": 1,
+        # the base, experts and sweeps' points on test and validation prompts in one job each
+        "merge": n_merges, "model_card": n_merges, "evaluate_builtin": n_points + n_merges - swept * densities,
+        "summary": 1, "retention": 1, "claims": 1, "evaluate_validation": 6 + swept * densities, "merge_choice": 1,
         "sweep_summary": 1, "plots": 1, "all": 1,
         # lm_eval and perplexity score the main table's models; the builtin evaluator also the sweep
         **{f"evaluate_{b}": 6 + n_merges for b in external}}
@@ -215,7 +216,7 @@ def test_demo_seeds_is_the_default_demo_over_three_seeds_with_pairs(tmp_path):
         "demo_base": 3, "demo_expert": 3 * experts, "download": 3 * (1 + experts), "compress_moments": 3 * experts,
         "empirical_fisher": 3 * experts, "evaluate_validation": 3 * (1 + experts + 4 * densities), "merge_choice": 1,
         "ffg": 3 * points, "merge_config": 3 * merges, "merge": 3 * merges, "model_card": 3 * merges,
-        "evaluate_builtin": 3 * (1 + experts + points + merges), "summary": 1, "retention": 1, "sweep_summary": 1,
+        "evaluate_builtin": 3 * (points + merges - 4 * densities), "summary": 1, "retention": 1, "sweep_summary": 1,
         "claims": 1, "plots": 1, "all": 1,
         "expert_text": 3 * experts, "gram": 3 * experts}  # RegMean's Gram matrices on each expert's own task
     assert "output: resources/demo/seed2/experts/facts" in res.stdout
@@ -480,13 +481,15 @@ def test_two_seeds_run_the_whole_family_each_and_retention_is_their_mean(tmp_pat
     # a density added to the sweep: only its grafts and its point merge (and the tables) run
     denser = snakemake(wf, "-n", *tables, config={**cfg, "ffg": {"densities": [0.5, 0.3], "metrics": ["fisher"]}})
     assert job_counts(denser.stdout + denser.stderr) == {
-        "ffg": 2 * 3, "merge_config": 2, "merge": 2, "evaluate_builtin": 2, "summary": 1, "retention": 1}
+        # the new point scored on test and validation prompts in one job per seed
+        "ffg": 2 * 3, "merge_config": 2, "merge": 2, "evaluate_validation": 2, "summary": 1, "retention": 1}
     assert "merges/ota_ffg@0.3/model" in denser.stdout and "merges/ota_ffg@0.5/" not in denser.stdout
 
     more = snakemake(wf, "-n", *tables, config={**cfg, "seeds": [0, 1, 2]})
     assert job_counts(more.stdout + more.stderr) == {
         "demo_base": 1, "demo_expert": 3, "download": 4, "ffg": 3, "merge_config": 3, "merge": 3,
-        "evaluate_builtin": 4 + 3 + 3, "summary": 1, "retention": 1}
+        # base, experts and the sweep's point on both prompt sets; grafts and other merges on test
+        "evaluate_validation": 4 + 1, "evaluate_builtin": 3 + 2, "summary": 1, "retention": 1}
     outputs = [line.strip() for line in more.stdout.splitlines() if line.strip().startswith("output:")]
     assert not any("seed0" in o or "seed1" in o for o in outputs)
 

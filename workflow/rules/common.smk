@@ -19,19 +19,21 @@ validate(config, schema="../schemas/config.schema.yaml")
 PLAN = Plan(config)
 
 
-def alternatives(names):
-    """A wildcard constraint matching exactly these names (merge names hold dots)."""
-    return "|".join(re.escape(n) for n in names)
+def alternatives(names, otherwise=r"(?!)"):
+    """A wildcard constraint matching exactly these names (merge names hold dots); for no
+    names ``otherwise``, by default a pattern matching nothing (an empty constraint would
+    match anything)."""
+    return "|".join(re.escape(n) for n in names) or otherwise
 
 
 wildcard_constraints:
     seed=r"\d+",
     expert=alternatives(PLAN.experts),
     name=alternatives(PLAN.models),
-    backend=alternatives(PLAN.backends) or "builtin",
+    backend=alternatives(PLAN.backends, "builtin"),
     metric=alternatives(FFG_METRICS),
     density=r"[0-9][0-9.e-]*",
-    merge=alternatives(PLAN.merges) or "NO_MERGE",
+    merge=alternatives(PLAN.merges, "NO_MERGE"),
     model=r"base|{}|ffg/[^/]+/[^/]+/[^/]+|merge/[^/]+".format(alternatives(PLAN.experts)),
 
 

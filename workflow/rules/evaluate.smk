@@ -2,7 +2,7 @@ rule evaluate_builtin:
     input:
         get_model,
     output:
-        layout.scores("{seed}", "builtin", "{model}"),
+        test=layout.scores("{seed}", "builtin", "{model}"),
     log:
         layout.log("evaluate_builtin", "{seed}", "{model}"),
     benchmark:
@@ -24,30 +24,22 @@ rule evaluate_builtin:
         "../scripts/evaluate_builtin.py"
 
 
-# the same evaluator on prompts disjoint from the test prompts: what a merge's own density
-# choice reads (results/summary/merge_choice.md, thresholds.mode: merge)
-rule evaluate_validation:
-    input:
-        get_model,
+# the same evaluator also on prompts disjoint from the test prompts, for the models a
+# merge's own density choice reads (results/summary/merge_choice.md, thresholds.mode:
+# merge): both prompt sets in one job, so the model and the evaluator load once
+use rule evaluate_builtin as evaluate_validation with:
     output:
-        layout.scores("{seed}", "validation", "{model}"),
+        test=layout.scores("{seed}", "builtin", "{model}"),
+        validation=layout.scores("{seed}", "validation", "{model}"),
+    wildcard_constraints:
+        model=alternatives(PLAN.validation_models()),
     log:
         layout.log("evaluate_validation", "{seed}", "{model}"),
-    params:
-        tasks=config["evaluation"]["tasks"],
-        n=PLAN.n_eval,
-        family=PLAN.family or "tiny",
-        seed=lambda wc: int(wc.seed),
-        split="validation",
-    threads: 1
-    resources:
-        mem_mb=scaled(2000, 4000),
-        runtime=scaled(10, 5),
-        gpu=PLAN.gpus,
-    conda:
-        "../envs/otamerge.yaml"
-    script:
-        "../scripts/evaluate_builtin.py"
+    benchmark:
+        layout.benchmark("evaluate_validation", "{seed}", "{model}")
+
+
+ruleorder: evaluate_validation > evaluate_builtin
 
 
 rule evaluate_olmes:

@@ -1,11 +1,12 @@
 from otamerge.io.atomic import write_json
-from otamerge.evaluation.builtin import TEST, evaluate, load_model
+from otamerge.evaluation.builtin import evaluate, load_model
 from otamerge.logs import job
 
 with job(snakemake.log[0]):
     model, tokenizer = load_model(snakemake.input[0])
     p = snakemake.params
-    # the held-out test prompts, or (rule evaluate_validation) prompts disjoint from them
-    rows = evaluate(model, tokenizer, p.tasks, p.n, p.seed, snakemake.wildcards.model, p.family,
-                    split=p.get("split", TEST))
-    write_json(snakemake.output[0], rows)
+    # each output names its prompts: test (the seed's held-out prompts) and, from rule
+    # evaluate_validation, validation (prompts disjoint from them)
+    for split, out in snakemake.output.items():
+        write_json(out, evaluate(model, tokenizer, p.tasks, p.n, p.seed, snakemake.wildcards.model, p.family,
+                                 split=split))

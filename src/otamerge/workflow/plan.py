@@ -168,8 +168,15 @@ class Plan:
 
     def validation_scores(self, seed: int | str, merge: str) -> list[str]:
         """Validation score files the merge-level choice reads: base, experts, the sweep's points."""
-        models = self.models + [layout.merge_name(p) for p in self.sweep_points[merge].values()]
-        return [layout.scores(seed, "validation", m) for m in models]
+        return [layout.scores(seed, "validation", m) for m in self._validated_by(merge)]
+
+    def _validated_by(self, merge: str) -> list[str]:
+        return self.models + [layout.merge_name(p) for p in self.sweep_points[merge].values()]
+
+    def validation_models(self) -> list[str]:
+        """Every model the validation prompts score (none unless ``validated``)."""
+        return list(dict.fromkeys(m for merge in self.sweep_points for m in self._validated_by(merge))) \
+            if self.validated else []
 
     def fixed_density(self, expert: str, merge: str | None = None) -> str | None:
         """An expert's density in a merge: the merge's own (a point of its density sweep),
