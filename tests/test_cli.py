@@ -49,3 +49,17 @@ def test_streaming_subcommands_never_import_transformers(tmp_path):
         res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
         assert res.stdout.splitlines()[-1] == "False", name
+
+
+def test_streaming_options_default_to_the_engines_chunk_size():
+    from otamerge.cli import build_parser
+    from otamerge.cli.models import _merge_options
+    from otamerge.ffg.graft import FfgOptions
+    from otamerge.io.checkpoint import CHUNK_BYTES
+
+    args = build_parser().parse_args(["merge", "c.yml", "out", "--quiet", "--device", "cpu"])
+    opts = _merge_options(args)
+    assert opts.chunk_bytes == CHUNK_BYTES == 1 << 20 and FfgOptions().chunk_bytes == CHUNK_BYTES
+    assert (opts.device, opts.progress, opts.out_shard_bytes) == ("cpu", False, 5 << 30)
+    given = _merge_options(build_parser().parse_args(["merge", "c.yml", "out", "--chunk-mb", "2.5"]))
+    assert given.chunk_bytes == int(2.5 * (1 << 20)) and given.progress

@@ -160,3 +160,20 @@ def test_regmean_merges_read_each_experts_gram_matrices_on_its_own_text():
     assert plan(hub).gram_text(2, "sort") == "text/sort-2.txt"
     hub["merges"]["regmean"]["model_parameters"] = {"gram_path": "shared"}
     assert plan(hub).gram_needed == []
+
+
+def test_the_models_scored_on_validation_prompts():
+    # the demo: base, 5 experts and the 4 swept merges' 3 points each, once; each is scored on
+    # test prompts in the same job (rule evaluate_validation), and its scores are what the
+    # merge-level density choice reads
+    p = plan(default_config())
+    models = p.validation_models()
+    points = [layout.merge_name(f"{m}@{d}") for m in ("ota_ffg", "ota_ffg_rank1", "ota_ffg_linear", "ties")
+              for d in ("0.02", "0.05", "0.1")]
+    assert models[:6] == ["base", "add", "reverse", "sort", "shift", "facts"]
+    assert sorted(models[6:]) == sorted(points) and len(models) == 18
+    assert p.validation_scores(0, "ties") == [layout.scores(0, "validation", m)
+                                              for m in models[:6] + [layout.merge_name(f"ties@{d}")
+                                                                     for d in ("0.02", "0.05", "0.1")]]
+    # hub experts: no builtin evaluator, so no validation prompts either
+    assert plan(hub_config()).validation_models() == []
