@@ -1,11 +1,12 @@
 """Peak RSS of an OTA+FFG merge of 3 experts and of a 5-density FFG sweep of one expert,
 as the number of layers doubles.
 
-    python benchmarks/memory.py [--layers 4 8 16] [--chunk-mb 4] [--out benchmarks/output]
+    python benchmarks/memory.py [--layers 4 8 16] [--chunk-mb MiB] [--out benchmarks/output]
 
 Each job runs in its own process; its peak RSS (VmHWM) is reported next to E, the bytes
 of the largest input tensor (the embedding, bf16), and next to the RSS of a process
-that only imports the engine. Writes a CSV and a Markdown table.
+that only imports the engine. ``--chunk-mb`` defaults to the engine's own row chunk
+(``io.checkpoint.CHUNK_BYTES``). Writes a CSV and a Markdown table.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import llama_shapes, write_family  # noqa: E402
+
+from otamerge.io.checkpoint import CHUNK_BYTES  # noqa: E402
 
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent, so
 # a child of a process that just generated a gigabyte of checkpoints would report that.
@@ -70,7 +73,7 @@ def measure(layers: int, chunk_mb: float, work: Path, hidden: int, vocab: int) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--chunk-mb", type=float, default=4)
+    ap.add_argument("--chunk-mb", type=float, default=CHUNK_BYTES / 2**20)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--out", default="benchmarks/output")
