@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -119,3 +121,18 @@ def test_the_card_names_the_models_as_the_parsed_config_does(family, tmp_path):
     text = (tmp_path / "merged/README.md").read_text()
     table = [line for line in text.splitlines() if line.startswith("| base |") or line.startswith("| model |")]
     assert table == [f"| base | {family['base']} |  |  |  |", f"| model | {family['expert1']} |  |  | weight: 1.0 |"]
+
+
+def test_a_card_job_never_loads_torch(family, tmp_path):
+    """A merge config without dtype (the demo's 24 cards) is read and its card written in a
+    process that never imports torch (1-2 s and 200 MB of a job that needs none of it)."""
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "merge_config.yml").write_text(yaml.safe_dump(
+        {"merge_method": "linear", "models": [{"model": str(family[f"expert{i}"]), "parameters": {"weight": 0.5}}
+                                              for i in range(2)]}))
+    code = ("import sys; from otamerge.card import write_card; write_card(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'numba')))")
+    out = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert f"| model | {family['expert1']} |" in (model / "README.md").read_text()

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from otamerge.errors import OtaMergeError
@@ -30,11 +29,16 @@ from otamerge.methods.catalog import REQUIRED, MethodSpec, Param, method_spec
 from otamerge.settings import check_setting, evaluate, varies
 from otamerge.slices import Slice, parse_slices
 
+if TYPE_CHECKING:
+    import torch
+
+# names of torch dtypes: torch loads only for a config that names one, so jobs that only
+# read configs (a model card: 24 jobs in the demo) skip its 1-2 s import
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "float64": torch.float64, "fp64": torch.float64,
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float64": "float64", "fp64": "float64",
 }
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source", "name"}
@@ -72,7 +76,8 @@ def _dtype(value: Any, key: str) -> torch.dtype | None:
         return None
     if str(value) not in DTYPES:
         raise OtaMergeError(f"{key}: unknown dtype {value!r}; use one of float32, bfloat16, float16, float64")
-    return DTYPES[str(value)]
+    import torch
+    return getattr(torch, DTYPES[str(value)])
 
 
 def _coerce(param: Param, value: Any, where: str) -> Any:
