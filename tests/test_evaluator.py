@@ -1,11 +1,13 @@
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from otamerge.demo.model import make_config, new_model, token_table
 from otamerge.demo.tasks import eval_set
 from otamerge.demo.tokenizer import build_tokenizer
-from otamerge.evaluation.builtin import exact_match, greedy_generate, score_examples
+from otamerge.errors import OtaMergeError
+from otamerge.evaluation.builtin import evaluate, exact_match, greedy_generate, score_examples
 from otamerge.families import get_family, token_accuracy
 
 EXAMPLES = eval_set("add", 30, seed=0) + eval_set("reverse", 30, seed=0)
@@ -81,3 +83,10 @@ def test_token_accuracy_equals_a_direct_per_token_count():
                 right += int(logits[pos - 1].argmax()) == seq[pos]
                 total += 1
     assert abs(token_accuracy(get_family("tiny"), model, tok, examples) - right / total) < 1e-12
+
+
+def test_a_split_other_than_test_or_validation_is_refused():
+    # the workflow's script passes each output's name as the split: a misnamed output would
+    # otherwise have scored the validation prompts under it
+    with pytest.raises(OtaMergeError, match="split 'scores': use 'test' or 'validation'"):
+        evaluate(None, None, ["add"], 4, 0, "base", split="scores")

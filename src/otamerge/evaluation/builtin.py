@@ -110,6 +110,9 @@ def evaluate(
     (``tiny``: the demo's; ``pretrained``: the chat tasks of a real pretrained family), on
     its held-out test prompts or (``split`` validation, backend ``validation``) on as many
     prompts disjoint from them; a task with no such prompt gives no validation row."""
+    # the workflow passes its outputs' names: a renamed output must not score the wrong prompts
+    if split not in (TEST, VALIDATION):
+        raise OtaMergeError(f"split {split!r}: use {TEST!r} or {VALIDATION!r}")
     fam = get_family(family)
     rows = []
     for task in tasks:
