@@ -171,6 +171,7 @@ class Plan:
         return [layout.scores(seed, "validation", m) for m in self._validated_by(merge)]
 
     def _validated_by(self, merge: str) -> list[str]:
+        """The models whose validation scores a merge's density choice compares."""
         return self.models + [layout.merge_name(p) for p in self.sweep_points[merge].values()]
 
     def validation_models(self) -> list[str]:
