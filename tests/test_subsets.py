@@ -99,8 +99,12 @@ def test_a_density_sweep_adds_one_merge_per_density_after_the_subsets():
 
 
 @pytest.mark.parametrize("spec,message", [
-    ({"method": "linear", "densities": "sweep"}, r"merges.m.densities: method linear has no density \(an FFG merge or "
-                                                 r"task_arithmetic, ties, "),
+    ({"method": "linear", "densities": "sweep"}, r"merges.m.densities: method linear has no density that changes its "
+                                                 r"merge \(an FFG merge or ties, dare_ties, dare_linear, breadcrumbs, "
+                                                 r"breadcrumbs_ties, della, della_linear can sweep one\)"),
+    # they take a density, as in mergekit 0.1.5, and drop nothing by it: every point would be the same merge
+    ({"method": "task_arithmetic", "densities": [0.1, 0.2]}, r"method task_arithmetic has no density that changes"),
+    ({"method": "sce", "densities": "sweep"}, r"method sce has no density that changes"),
     ({"method": "ota", "ffg": "fisher", "densities": [0.3]}, r"merges.m.densities: 0.3 not in ffg.densities"),
 ])
 def test_a_density_a_merge_cannot_take_is_refused(spec, message):

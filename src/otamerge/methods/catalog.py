@@ -167,6 +167,16 @@ GRAFT = MethodSpec("ffg", (Param("density"), Param("metric", "fisher", kind=str,
                    description="one expert grafted onto the base at a density (Fast Fisher Grafting)")
 
 
+# accept a per-model density, as mergekit 0.1.5 does, and drop nothing by it
+_DENSITY_UNUSED = ("task_arithmetic", "sce")
+
+
+def sweeps_density(method: str) -> bool:
+    """Whether a method's per-model ``density`` changes what it merges, so that merges at
+    several densities differ (task_arithmetic and sce accept one and ignore it)."""
+    return "density" in CATALOG[method].per_model and method not in _DENSITY_UNUSED
+
+
 def method_spec(name: str) -> MethodSpec:
     if name == GRAFT.name:
         return GRAFT

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from otamerge.ffg.densities import density_label
 from otamerge.workflow.merge_specs import FFG_METRICS
-from otamerge.methods.catalog import CATALOG
+from otamerge.methods.catalog import CATALOG, sweeps_density
 
 ALL = "all"  # the subset column of a merge of every expert it is configured with
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -122,10 +122,10 @@ def _density_points(name: str, spec: dict[str, Any], sweep: Sequence[str]) -> li
     unswept = [d for d in labels if d not in sweep]
     if spec.get("ffg") and unswept:
         raise ValueError(f"merges.{name}.densities: {', '.join(unswept)} not in ffg.densities ({', '.join(sweep)})")
-    if not spec.get("ffg") and "density" not in CATALOG[spec["method"]].per_model:
-        takers = ", ".join(m for m, t in CATALOG.items() if "density" in t.per_model)
-        raise ValueError(f"merges.{name}.densities: method {spec['method']} has no density (an FFG merge or "
-                         f"{takers} can sweep one)")
+    if not spec.get("ffg") and not sweeps_density(spec["method"]):
+        takers = ", ".join(m for m in CATALOG if sweeps_density(m))
+        raise ValueError(f"merges.{name}.densities: method {spec['method']} has no density that changes its merge "
+                         f"(an FFG merge or {takers} can sweep one)")
     base = {k: v for k, v in spec.items() if k != "densities"}
     points = []
     for d in labels:
