@@ -115,7 +115,8 @@ def add_commands(sub) -> None:
                        "as a moments safetensors file keyed by parameter name")
     o.add_argument("input", help="optimizer state file (.pt, read with weights_only=True), or a folder: "
                    "torch.distributed.checkpoint (FSDP) or DeepSpeed's universal checkpoint")
-    o.add_argument("output", help="moments safetensors file (fp32; step count and betas in its metadata)")
+    o.add_argument("output", help="moments safetensors file (fp32; the step count in its metadata, and the "
+                   "betas for an optimizer file)")
     o.add_argument("--model", required=True, help=_OPTIMIZER_MODEL)
     o.set_defaults(func=_cmd_convert_optimizer)
 

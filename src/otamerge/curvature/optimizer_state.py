@@ -122,7 +122,8 @@ def optimizer_moments(pt_file: str | Path, model_dir: str | Path,
 
     The record holds Adam's step count and betas (for bias correction), the layout the names
     came from, and the Trainer's global step from ``trainer_state`` (by default the
-    ``trainer_state.json`` beside the file, where there is one)."""
+    ``trainer_state.json`` beside the file, where there is one). A sharded folder's record
+    holds the step count only: its files carry no betas, and ``trainer_state`` is not read."""
     if Path(pt_file).is_dir():  # FSDP's or DeepSpeed's per-parameter states, by name
         from otamerge.curvature.sharded_state import sharded_moments
 
