@@ -89,10 +89,20 @@ def test_fixed_thresholds_and_expert_parameters_reach_each_model():
 
 @pytest.mark.parametrize("spec, message", [
     ({"method": "ota", "experts": ["a"], "thresholds": {"b": 1e-19}}, "merges.m.thresholds: b not among"),
-    ({"method": "ties", "thresholds": {"a": 1e-19}}, "fixed FFG thresholds mask OTA merges only"),
+    ({"method": "ties", "thresholds": {"a": 1e-19}}, "merges.m.thresholds: FFG masks OTA merges only, not ties"),
     ({"method": "ties", "expert_parameters": {"z": {"density": 0.3}}}, "merges.m.expert_parameters: z not among"),
 ])
 def test_per_expert_values_for_experts_a_merge_lacks_are_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        expand_merges({"m": spec}, ["a", "b"])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"method": "ties", "ffg": "fisher"}, r"merges.m.ffg: FFG masks OTA merges only, not ties"),
+    # FFG's thresholds are of v t^2: without a base, OTA would compare them with v alone
+    ({"method": "ota", "ffg": "fisher", "base": False}, r"merges.m: ffg needs the base"),
+])
+def test_ffg_where_it_cannot_mask_as_chosen_is_refused(spec, message):
     with pytest.raises(ValueError, match=message):
         expand_merges({"m": spec}, ["a", "b"])
 

@@ -64,8 +64,13 @@ def _merge_experts(name: str, spec: dict[str, Any], experts: Sequence[str]) -> t
     if ffg_moments and spec.get("moments") and spec["moments"] != ffg_moments:
         raise ValueError(f"merges.{name}: ffg {spec['ffg']} masks with {ffg_moments} moments but moments is "
                          f"{spec['moments']}; leave moments out (ffg sets it)")
-    if spec.get("thresholds") and spec["method"] != "ota":
-        raise ValueError(f"merges.{name}.thresholds: fixed FFG thresholds mask OTA merges only, not {spec['method']}")
+    for key in ("ffg", "thresholds"):
+        if spec.get(key) and spec["method"] != "ota":
+            raise ValueError(f"merges.{name}.{key}: FFG masks OTA merges only, not {spec['method']}")
+    # FFG's thresholds are of v (w - w0)^2; without the base OTA masks by v alone (as the
+    # paper's code does), so the chosen density would not be the one kept
+    if spec.get("ffg") and spec.get("base") is False:
+        raise ValueError(f"merges.{name}: ffg needs the base (base: false masks by the moments alone)")
     return chosen
 
 
