@@ -113,6 +113,9 @@ def _without_sparsegpt(cfg):
      "needs evaluation.perplexity.texts"),
     (lambda c: c["thresholds"].update(mode="fixed", fixed={"add": 0.1}) or c,
      "thresholds.mode is fixed but thresholds.fixed has no density for reverse"),
+    # a typo in a per-expert key would be read by no job
+    (lambda c: c["thresholds"]["fixed"].update(ad=0.1) or c, r"thresholds.fixed: unknown expert ad \(experts: add, "),
+    (lambda c: c["curvature"].update(experts={"ad": "empirical_fisher"}) or c, "curvature.experts: unknown expert ad"),
 ])
 def test_keys_that_disagree_stop_the_run(change, message):
     with pytest.raises(ValueError, match=message):

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 def check_plan(plan: Plan, environ: Mapping[str, str] = os.environ) -> None:
     """Raise ValueError, naming the keys, where keys disagree: a chosen importance, backend
-    or curvature source without its settings, an OLMES task's API key missing."""
+    or curvature source without its settings, an OLMES task's API key missing, a per-expert
+    setting for an expert the run does not have."""
     cfg, ev = plan.config, plan.config["evaluation"]
     if "olmes" in plan.backends:
         for task, var in ev.get("olmes", {}).get("api_keys", {}).items():
@@ -41,6 +42,12 @@ def check_plan(plan: Plan, environ: Mapping[str, str] = os.environ) -> None:
         raise ValueError(f"RegMean merges read Gram matrices of experts {', '.join(plan.gram_needed)} on their own "
                          "text: give regmean.calibration (text, {expert} replaced) or each expert's gram_path")
     mode = cfg["thresholds"]["mode"]
+    # per-expert settings for an expert the run does not have (a typo) would be read by no job
+    for key, named in (("thresholds.fixed", cfg["thresholds"]["fixed"]),
+                       ("curvature.experts", plan.curvature["experts"])):
+        unknown = [e for e in named if e not in plan.experts]
+        if unknown:
+            raise ValueError(f"{key}: unknown expert {', '.join(unknown)} (experts: {', '.join(plan.experts)})")
     if mode == "merge" and not (plan.family and "builtin" in plan.backends):
         raise ValueError("thresholds.mode merge chooses on the builtin evaluator's validation prompts of a "
                          "family the workflow builds (demo or pretrained): add builtin to evaluation.backends")
